@@ -1,0 +1,208 @@
+"""Calls by name: ``client.HelloService.Hello("x")`` -> pick a live node -> send -> retry if safe.
+
+Retry rules (the caller's deadline bounds all of them):
+
+* the call never reached a node (connect refused, connection already dead, node said "going away"
+  or "overloaded") -> always re-sent to another node;
+* the call may have reached a node that then failed (connection lost after the write) -> re-sent
+  only if every node advertises the method as ``@idempotent``; otherwise :class:`ConnectionLost`;
+* the node answered (a result or an application error) -> returned/raised as is, never re-sent;
+* the deadline passed -> :class:`Timeout`.
+
+Nodes that fail repeatedly, or refuse connections, are ejected for a growing backoff and taken back
+after one success; a node that leaves the registry is forgotten.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from .balancer import RoundRobin
+from .discovery import DEFAULT_PREFIX, Discovery, Node
+from .errors import (ConnectionLost, MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout)
+from .etcd import Etcd, parse_endpoints
+from .transport import Pool
+
+log = logging.getLogger(__name__)
+
+
+def default_endpoints(etcd: Union[None, str, Sequence[str]]) -> List[str]:
+    """``etcd=`` as given, else ``$ETCD_ENDPOINTS``, else ``127.0.0.1:2379``."""
+    return parse_endpoints(etcd, os.environ.get("ETCD_ENDPOINTS"))
+
+
+class Client:
+    """Calls services by name through a watched cache of their live nodes.
+
+    ``etcd``: "host:port", "h1:p1,h2:p2" or a list; ``timeout``: the per-call deadline in seconds.
+    Pass ``discovery=`` to share another client's (or a server's) cache and watches. A client is safe
+    to use from many threads or greenlets, and is a context manager.
+    """
+
+    def __init__(self, etcd: Union[None, str, Sequence[str]] = None, timeout: float = 5.0,
+                 prefix: str = DEFAULT_PREFIX, *, discovery: Optional[Discovery] = None,
+                 pool: Optional[Pool] = None, token: Optional[str] = None,
+                 etcd_client: Optional[Etcd] = None):
+        self.timeout = timeout
+        self.token = token
+        self._owns_discovery = discovery is None
+        if discovery is None:
+            etcd_client = etcd_client or Etcd(default_endpoints(etcd))
+            discovery = Discovery(etcd_client, prefix)
+        self.discovery = discovery
+        self._owns_pool = pool is None
+        self.pool = pool or Pool()
+        self._balancers: Dict[str, RoundRobin] = {}
+        self._proxies: Dict[str, ServiceProxy] = {}
+        discovery.subscribe(self._on_change)
+
+    # ---- the public surface ----------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> "ServiceProxy":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        proxy = self._proxies.get(name)
+        if proxy is None:
+            proxy = self._proxies.setdefault(name, ServiceProxy(self, name))
+        return proxy
+
+    def nodes(self, service: str) -> List[str]:
+        """Addresses of the live nodes of ``service``, from the watched cache."""
+        return [n.address for n in self.discovery.nodes(service, wait=self.timeout)]
+
+    def call(self, method: str, params: Union[list, tuple, dict, None] = None,
+             timeout: Optional[float] = None) -> Any:
+        """Call ``"Service.method"`` with positional (list) or named (dict) params."""
+        service, _, name = method.rpartition(".")
+        if not service or not name:
+            raise MethodNotFound(f"method must be 'Service.method', got {method!r}")
+        if params is None:
+            params = []
+        elif isinstance(params, tuple):
+            params = list(params)
+        return self._call(service, name, method, params, self.timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        self.discovery.unsubscribe(self._on_change)
+        if self._owns_pool:
+            self.pool.close()
+        if self._owns_discovery:
+            self.discovery.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- the call path ---------------------------------------------------------------------------
+
+    def _on_change(self, service: str, added, removed, snapshot) -> None:
+        live = {n.address for n in snapshot}
+        for node in removed:
+            if node.address not in live:
+                self.pool.forget(node.address)
+
+    def _call(self, service: str, name: str, method: str, params: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        discovery, pool = self.discovery, self.pool
+        balancer = self._balancers.get(service)
+        if balancer is None:
+            balancer = self._balancers.setdefault(service, RoundRobin())
+        tried: set = set()
+        last_error: Optional[RpcError] = None
+        pause = 0.005
+        while True:
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                if last_error is not None and not isinstance(last_error, Timeout):
+                    raise ServiceUnavailable(f"{method}: no node answered before the deadline "
+                                             f"(last error: {last_error})") from last_error
+                raise Timeout(f"{method}: deadline of {timeout:.3f}s passed") from last_error
+            nodes = discovery.nodes(service, wait=remaining)
+            candidates = [n for n in nodes if n.has_method(name) is not False]
+            if not candidates:
+                if nodes:
+                    raise MethodNotFound(f"Method not found: {method} (no node of {service} has it)")
+                if discovery.ready(service):
+                    raise ServiceUnavailable(f"no live node of {service}")
+                continue  # first list not done yet; loop until it is or the deadline passes
+            fresh = [n for n in candidates if n.address not in tried] or candidates
+            node = balancer.pick(fresh, lambda n: pool.usable(n.address, now))
+            if node is None:
+                node = balancer.pick(fresh)  # every node ejected: try one anyway
+            try:
+                conn = pool.get(node.address, remaining)
+                result = conn.call(method, params, remaining, self.token)
+            except NotSent as exc:
+                pool.record(node.address, ok=False, eject_now=True)
+                last_error = exc
+            except ConnectionLost as exc:
+                pool.record(node.address, ok=False, eject_now=True)
+                if not _idempotent(candidates, name):
+                    raise
+                last_error = exc
+            except Timeout as exc:
+                pool.record(node.address, ok=False)
+                raise
+            except RpcError as exc:
+                if not exc.not_processed:
+                    pool.record(node.address, ok=True)
+                    raise
+                last_error = exc  # going away / overloaded: the node did not run it
+            else:
+                pool.record(node.address, ok=True)
+                return result
+            tried.add(node.address)
+            if len(tried) >= len(candidates):
+                # every node failed once: pause briefly so a dead registry entry can expire
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 0.2)
+                tried.clear()
+
+
+def _idempotent(nodes: Sequence[Node], method: str) -> bool:
+    return all(n.idempotent(method) for n in nodes)
+
+
+class ServiceProxy:
+    """``client.HelloService``; attribute access gives cached :class:`MethodProxy` objects."""
+
+    __slots__ = ("_client", "_service", "_methods")
+
+    def __init__(self, client: Client, service: str):
+        self._client = client
+        self._service = service
+        self._methods: Dict[str, MethodProxy] = {}
+
+    def __getattr__(self, name: str) -> "MethodProxy":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        proxy = self._methods.get(name)
+        if proxy is None:
+            proxy = self._methods.setdefault(name, MethodProxy(self._client, self._service, name))
+        return proxy
+
+    def __repr__(self) -> str:
+        return f"<ServiceProxy {self._service}>"
+
+
+class MethodProxy:
+    __slots__ = ("_client", "_service", "_name", "_method")
+
+    def __init__(self, client: Client, service: str, name: str):
+        self._client, self._service, self._name = client, service, name
+        self._method = f"{service}.{name}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args and kwargs:
+            raise TypeError("JSON-RPC params are either positional or named, not both")
+        client = self._client
+        return client._call(self._service, self._name, self._method,
+                            kwargs if kwargs else list(args), client.timeout)
+
+    def __repr__(self) -> str:
+        return f"<MethodProxy {self._method}>"

@@ -1,0 +1,230 @@
+"""Discovery: a watched, in-memory cache of each service's live nodes.
+
+For each service, on first use, one background worker (a thread in a plain program, a greenlet in a
+gevent-patched one - it uses whatever ``threading`` the process has, so it keeps running while the
+caller blocks in ``time.sleep`` or sits in another thread):
+
+1. lists ``<prefix><Service>/`` and takes the answer's revision R;
+2. watches the same prefix from R+1, so no event can fall in the gap, applying PUT/DELETE in place;
+3. on any watch failure - stream closed, etcd restarted, compaction, a different cluster answering,
+   or ``idle_resync`` seconds with no message at all (a silently dead stream) - goes back to 1.
+
+While etcd is unreachable the last good view is kept: a registry error never empties the cache.
+A full list replaces the view wholesale, so after etcd is replaced the cache converges on the truth.
+Callers only read immutable snapshots; they never touch etcd.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from .backoff import Backoff
+from .errors import EtcdError
+from .etcd import KV, Etcd
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/services/"
+
+Listener = Callable[[str, List["Node"], List["Node"], Tuple["Node", ...]], None]
+
+
+class Node(NamedTuple):
+    key: str
+    address: str                # "host:port"
+    meta: dict                  # the registration record (may hold only "address")
+
+    def idempotent(self, method: str) -> Optional[bool]:
+        """True/False when the node advertises the method, None when it publishes no method table."""
+        methods = self.meta.get("methods")
+        if not isinstance(methods, dict):
+            return None
+        spec = methods.get(method)
+        if spec is None:
+            return False
+        return bool(spec.get("idempotent")) if isinstance(spec, dict) else False
+
+    def has_method(self, method: str) -> Optional[bool]:
+        methods = self.meta.get("methods")
+        return method in methods if isinstance(methods, dict) else None
+
+
+def parse_node(kv: KV) -> Optional[Node]:
+    """A registration record -> Node. Accepts our JSON records, a bare ``{"address": ...}`` written by
+    another language, and the reference's plain ``host:port`` value."""
+    text = kv.value.decode("utf-8", "replace").strip()
+    meta: dict
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        decoded = text
+    if isinstance(decoded, dict) and isinstance(decoded.get("address"), str):
+        meta = decoded
+    elif isinstance(decoded, str) and ":" in decoded and " " not in decoded:
+        meta = {"address": decoded}
+    else:
+        log.warning("ignoring unreadable registration %s = %r", kv.key, text[:200])
+        return None
+    return Node(kv.key, meta["address"], meta)
+
+
+class _Watched:
+    """The cache of one service prefix and the worker that keeps it current."""
+
+    def __init__(self, discovery: "Discovery", service: str):
+        self.discovery = discovery
+        self.service = service
+        self.prefix = f"{discovery.prefix}{service}/"
+        self.nodes: Dict[str, Node] = {}
+        self.snapshot: Tuple[Node, ...] = ()
+        self.ready = threading.Event()     # set after the first successful list
+        self.revision = 0
+        self.resyncs = 0
+        self.watch = None
+        self.thread = threading.Thread(target=self._run, name=f"framework-watch-{service}",
+                                       daemon=True)
+
+    def _publish(self, nodes: Dict[str, Node]) -> None:
+        old = self.nodes
+        self.nodes = nodes
+        self.snapshot = tuple(sorted(nodes.values(), key=lambda n: n.address))
+        added = [n for k, n in nodes.items() if old.get(k) != n]
+        removed = [n for k, n in old.items() if k not in nodes]
+        if added or removed:
+            for n in added:
+                log.info("node joined %s %s", self.service, n.address)
+            for n in removed:
+                log.info("node left %s %s", self.service, n.address)
+            for listener in list(self.discovery._listeners):
+                try:
+                    listener(self.service, added, removed, self.snapshot)
+                except Exception:
+                    log.exception("discovery listener failed")
+
+    def _list(self) -> Optional[str]:
+        etcd = self.discovery.etcd
+        revision, kvs = etcd.get_prefix(self.prefix)
+        nodes = {}
+        for kv in kvs:
+            node = parse_node(kv)
+            if node is not None:
+                nodes[kv.key] = node
+        self.revision = revision
+        self._publish(nodes)
+        self.ready.set()
+        return etcd.cluster_id
+
+    def _run(self) -> None:
+        d = self.discovery
+        backoff = Backoff(base=0.05, cap=2.0)
+        while not d.closed:
+            try:
+                cluster = self._list()
+                self.watch = watch = d.etcd.watch(self.prefix, self.revision + 1, d.idle_resync)
+                if d.closed:
+                    watch.close()
+                    return
+                backoff.reset()
+                for revision, events, event_cluster in watch:
+                    if event_cluster and cluster and event_cluster != cluster:
+                        log.warning("etcd cluster changed under watch of %s; listing again",
+                                    self.service)
+                        break
+                    if events:
+                        nodes = dict(self.nodes)
+                        for ev in events:
+                            if ev.type == "DELETE":
+                                nodes.pop(ev.kv.key, None)
+                            else:
+                                node = parse_node(ev.kv)
+                                if node is not None:
+                                    nodes[ev.kv.key] = node
+                                else:
+                                    nodes.pop(ev.kv.key, None)
+                        self.revision = revision
+                        self._publish(nodes)
+                watch.close()
+            except (socket.timeout, TimeoutError):
+                log.debug("watch of %s idle for %ss; listing again", self.service, d.idle_resync)
+            except EtcdError as exc:
+                if d.closed:
+                    return
+                delay = backoff.next()
+                log.warning("watch of %s lost (%s); listing again in %.2fs", self.service, exc, delay)
+                d._stop.wait(delay)
+            except Exception:  # never let the cache die silently
+                if d.closed:
+                    return
+                log.exception("watch of %s failed; listing again", self.service)
+                d._stop.wait(backoff.next())
+            self.resyncs += 1
+
+
+class Discovery:
+    """Watched caches for any number of services; share one per process (``Client(discovery=...)``)."""
+
+    def __init__(self, etcd: Etcd, prefix: str = DEFAULT_PREFIX, idle_resync: float = 30.0):
+        self.etcd = etcd
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.idle_resync = idle_resync
+        self.closed = False
+        self._watched: Dict[str, _Watched] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listeners: List[Listener] = []
+
+    def _get(self, service: str) -> _Watched:
+        watched = self._watched.get(service)
+        if watched is None:
+            with self._lock:
+                watched = self._watched.get(service)
+                if watched is None:
+                    if self.closed:
+                        raise RuntimeError("discovery is closed")
+                    watched = _Watched(self, service)
+                    self._watched[service] = watched
+                    watched.thread.start()
+        return watched
+
+    def nodes(self, service: str, wait: float = 0.0) -> Tuple[Node, ...]:
+        """The live nodes of ``service`` (an immutable snapshot). On first use, waits up to ``wait``
+        seconds for the first list from etcd."""
+        watched = self._get(service)
+        if not watched.ready.is_set() and wait > 0:
+            watched.ready.wait(wait)
+        return watched.snapshot
+
+    def ready(self, service: str) -> bool:
+        return self._get(service).ready.is_set()
+
+    def watch(self, service: str) -> None:
+        """Start watching ``service`` now (otherwise the first call starts it)."""
+        self._get(service)
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(service, added, removed, snapshot)`` runs on the watch worker after each change."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def services(self) -> List[str]:
+        """Every service name registered under the prefix right now (a one-off list, not cached)."""
+        _, kvs = self.etcd.get_prefix(self.prefix)
+        return sorted({kv.key[len(self.prefix):].split("/", 1)[0] for kv in kvs})
+
+    def stats(self) -> Dict[str, dict]:
+        return {name: {"nodes": len(w.snapshot), "revision": w.revision, "resyncs": w.resyncs}
+                for name, w in list(self._watched.items())}
+
+    def close(self) -> None:
+        self.closed = True
+        self._stop.set()
+        for watched in list(self._watched.values()):
+            if watched.watch is not None:
+                watched.watch.close()

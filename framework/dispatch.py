@@ -1,0 +1,81 @@
+"""Dispatch: a decoded request object -> the handler -> a response object. Pure: no sockets, no etcd.
+
+The method table is built once per server from the services' :class:`~framework.service.ServiceSpec`;
+a request's ``method`` string is only ever used as a key into that table.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+from . import protocol
+from .errors import (DeadlineExceeded, InvalidParams, MethodNotFound, RpcError, Unauthorized,
+                     error_object_for_exception)
+from .service import MethodSpec, spec_of
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Maps ``"Service.method"`` to a bound handler and runs it.
+
+    ``observe(service, method, outcome, seconds)`` is called after each call (metrics hook).
+    """
+
+    def __init__(self, instances: Iterable[Any], token: Optional[str] = None,
+                 observe: Optional[Callable[[str, str, str, float], None]] = None):
+        self.table: Dict[str, Tuple[MethodSpec, Callable, str]] = {}
+        self.token = token
+        self.observe = observe
+        for instance in instances:
+            spec = spec_of(type(instance))
+            for name, mspec in spec.methods.items():
+                bound = mspec.function.__get__(instance, type(instance))
+                self.table[f"{spec.name}.{name}"] = (mspec, bound, spec.name)
+
+    def handle(self, obj: Any, received: Optional[float] = None) -> Optional[dict]:
+        """Run one decoded request object; returns the response object, or None for a notification."""
+        try:
+            req = protocol.parse_request(obj)
+        except RpcError as exc:
+            return protocol.error_response(getattr(exc, "request_id", None), exc.to_error_object())
+        response = self.call(req, received)
+        return None if req.is_notification else response
+
+    def call(self, req: protocol.Request, received: Optional[float] = None) -> dict:
+        entry = self.table.get(req.method)
+        if entry is None:
+            return protocol.error_response(req.id, MethodNotFound(
+                f"Method not found: {req.method}").to_error_object())
+        mspec, bound, service_name = entry
+        if self.token is not None and req.meta.get("token") != self.token:
+            return protocol.error_response(req.id, Unauthorized("Unauthorized").to_error_object())
+        timeout_ms = req.meta.get("timeout_ms")
+        if (isinstance(timeout_ms, (int, float)) and received is not None
+                and time.monotonic() - received > timeout_ms / 1000.0):
+            return protocol.error_response(req.id, DeadlineExceeded(
+                "deadline passed before the call started").to_error_object())
+        params = req.params
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            try:
+                if isinstance(params, dict):
+                    mspec.signature.bind(**params)
+                else:
+                    mspec.signature.bind(*params)
+            except TypeError as exc:
+                outcome = "invalid_params"
+                return protocol.error_response(req.id, InvalidParams(
+                    f"Invalid params: {exc}").to_error_object())
+            try:
+                result = bound(**params) if isinstance(params, dict) else bound(*params)
+            except Exception as exc:  # the handler's failure is the caller's answer, not ours
+                outcome = "error"
+                log.debug("handler %s raised", req.method, exc_info=True)
+                return protocol.error_response(req.id, error_object_for_exception(exc))
+            return protocol.response(req.id, result)
+        finally:
+            if self.observe is not None:
+                self.observe(service_name, mspec.name, outcome, time.monotonic() - started)

@@ -1,0 +1,156 @@
+"""Wire protocol: JSON-RPC 2.0 objects <-> msgpack frames on a TCP stream.
+
+Frame layout (all integers big-endian)::
+
+    +--------+--------+--------+--------+=============================+
+    |  body length N (uint32, bytes)    |  body: one msgpack map      |
+    +--------+--------+--------+--------+=============================+
+      byte 0   byte 1   byte 2   byte 3    bytes 4 .. 4+N-1
+
+* ``N`` counts only the body. ``N`` must be at least 1 and at most ``max_frame`` (default
+  :data:`MAX_FRAME` = 8 MiB). A larger declared length is answered with a -32600 error and the
+  connection is closed before the body is read, so a peer cannot make a node buffer it.
+* The body is a msgpack map (msgpack spec 2.0, strings as UTF-8 ``str``, binary as ``bin``). Ext types
+  are refused (-32700). Nesting deeper than the decoder's stack (1024) is refused (-32700).
+* A request body is a JSON-RPC 2.0 request object::
+
+      {"jsonrpc": "2.0", "id": 7, "method": "HelloService.Hello", "params": ["x"],
+       "meta": {"timeout_ms": 4999}}
+
+  ``id`` is an int or str (absent for a notification, which gets no answer); ``params`` is an array
+  (positional) or a map (named) and may be absent; ``meta`` is this framework's optional extension map:
+  ``timeout_ms`` (the caller's remaining deadline; a node skips work whose deadline has passed) and
+  ``token`` (shared-token auth). Unknown ``meta`` keys are ignored.
+* A response body is ``{"jsonrpc": "2.0", "id": <same id>, "result": ...}`` or
+  ``{"jsonrpc": "2.0", "id": <same id or nil>, "error": {"code": int, "message": str, "data": any}}``.
+* One connection carries many requests at once. Responses come back in completion order, not request
+  order; the client matches them by ``id``. A sender may put many frames in one TCP write.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, List, NamedTuple, Optional, Union
+
+import msgpack
+
+from .errors import InvalidRequest, ParseError, ProtocolError
+
+MAX_FRAME = 8 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+_NO_ID = object()
+
+
+def _no_ext(code, data):
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
+def pack(obj: Any) -> bytes:
+    """One frame: header + msgpack body."""
+    body = msgpack.packb(obj, use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+def unpack_body(body: bytes) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False, ext_hook=_no_ext, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ParseError(f"invalid msgpack body: {exc}") from None
+
+
+class FrameTooLarge(ProtocolError):
+    code = InvalidRequest.code
+
+
+class FrameReader:
+    """Splits a byte stream into frame bodies. Feed it whatever ``recv`` returned."""
+
+    __slots__ = ("max_frame", "_buf")
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> List[bytes]:
+        buf = self._buf
+        buf += data
+        bodies = []
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            if n == 0 or n > self.max_frame:
+                del buf[:]
+                raise FrameTooLarge(f"frame length {n} outside 1..{self.max_frame}")
+            if end - pos - 4 < n:
+                break
+            bodies.append(bytes(buf[pos + 4:pos + 4 + n]))
+            pos += 4 + n
+        if pos:
+            del buf[:pos]
+        return bodies
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+class Request(NamedTuple):
+    id: Any                 # _NO_ID for a notification
+    method: str
+    params: Union[list, dict]
+    meta: dict
+
+    @property
+    def is_notification(self) -> bool:
+        return self.id is _NO_ID
+
+
+def parse_request(obj: Any) -> Request:
+    """Validate one decoded JSON-RPC 2.0 request object. Raises InvalidRequest (with the id, where
+    one could be read, in ``.data['id']``)."""
+    if not isinstance(obj, dict):
+        raise InvalidRequest("Invalid Request: not an object")
+    rid = obj.get("id", _NO_ID)
+    if rid is not _NO_ID and (isinstance(rid, bool) or
+                              not (rid is None or isinstance(rid, (str, int, float)))):
+        raise _invalid("id must be a string, number or null", None)
+    if obj.get("jsonrpc") != "2.0":
+        raise _invalid('"jsonrpc" must be "2.0"', rid)
+    method = obj.get("method")
+    if not isinstance(method, str):
+        raise _invalid('"method" must be a string', rid)
+    params = obj.get("params", ())
+    if params == ():
+        params = []
+    elif not isinstance(params, (list, dict)):
+        raise _invalid('"params" must be an array or an object', rid)
+    meta = obj.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    return Request(rid, method, params, meta)
+
+
+def _invalid(message: str, rid: Any) -> InvalidRequest:
+    exc = InvalidRequest("Invalid Request: " + message)
+    exc.request_id = None if rid is _NO_ID else rid
+    return exc
+
+
+def response(rid: Any, result: Any) -> dict:
+    return {"jsonrpc": "2.0", "id": rid, "result": result}
+
+
+def error_response(rid: Any, error: dict) -> dict:
+    return {"jsonrpc": "2.0", "id": None if rid is _NO_ID else rid, "error": error}
+
+
+def request(rid: Any, method: str, params: Union[list, dict], timeout_ms: Optional[int] = None,
+            token: Optional[str] = None) -> dict:
+    obj = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
+    if timeout_ms is not None or token is not None:
+        meta = {}
+        if timeout_ms is not None:
+            meta["timeout_ms"] = timeout_ms
+        if token is not None:
+            meta["token"] = token
+        obj["meta"] = meta
+    return obj

@@ -1,0 +1,287 @@
+"""Serving: a gevent ``StreamServer`` that turns frames into dispatched calls and calls into frames,
+registers the node in etcd, and shuts down in the order that loses no call.
+
+Each connection has a reader greenlet. Every request runs in its own greenlet from a bounded pool
+(``max_concurrency``); when the pool is full the reader stops reading, so TCP pushes back on the
+sender instead of a queue growing without bound. Responses are written as they complete (out of
+order) and coalesced: whatever responses are ready go out in one ``sendall``.
+
+``stop()``: (1) revoke the lease, so clients drop the node within milliseconds; (2) keep serving for
+``grace`` seconds, for callers that have not yet seen the removal; (3) tell every connection the
+node is going away and answer any later request with GoingAway (-32001: not processed, re-send
+elsewhere); (4) wait up to ``drain_timeout`` for calls in flight; (5) close.
+
+A Server needs a gevent-patched process (``python -m framework serve`` patches at startup).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.pool
+from gevent.server import StreamServer
+
+from . import __version__, protocol
+from .client import Client, default_endpoints
+from .discovery import DEFAULT_PREFIX, Discovery
+from .dispatch import Dispatcher
+from .errors import GoingAway, InternalError, ParseError, ProtocolError
+from .etcd import Etcd
+from .registry import Registration
+from .service import spec_of
+
+log = logging.getLogger(__name__)
+
+_GOAWAY_FRAME = protocol.pack({"jsonrpc": "2.0", "method": "$goaway", "params": []})
+
+
+def primary_address() -> str:
+    """The address this machine uses for outbound traffic (no packet is sent: UDP connect only)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing lookup only
+        return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        s.close()
+
+
+class _Conn:
+    """Server side of one client connection."""
+
+    __slots__ = ("sock", "peer", "out", "flushing", "in_flight", "closed", "idle")
+
+    def __init__(self, sock, peer):
+        self.sock = sock
+        self.peer = peer
+        self.out: List[bytes] = []
+        self.flushing = False
+        self.in_flight = 0
+        self.closed = False
+        self.idle = gevent.event.Event()
+        self.idle.set()
+
+    def send(self, frame: bytes) -> None:
+        # Coalesce: the first writer flushes everything queued while it was blocked in sendall.
+        self.out.append(frame)
+        if self.flushing:
+            return
+        self.flushing = True
+        try:
+            while self.out and not self.closed:
+                chunk = b"".join(self.out) if len(self.out) > 1 else self.out[0]
+                self.out.clear()
+                self.sock.sendall(chunk)
+        except OSError:
+            self.closed = True
+        finally:
+            self.flushing = False
+
+
+class Server:
+    """Serves ``services`` (``@service`` classes) on one port and registers them in etcd.
+
+    ``etcd=None`` uses ``$ETCD_ENDPOINTS`` or 127.0.0.1:2379; ``etcd=False`` serves without
+    registering (tests, or a sidecar that registers for you).
+    """
+
+    #: seconds to keep serving after deregistration, for callers that have not seen it yet
+    grace = 0.5
+    #: upper bound on waiting for in-flight calls during stop
+    drain_timeout = 10.0
+
+    def __init__(self, services: Sequence[type], host: str = "0.0.0.0", port: int = 0,
+                 etcd: Union[None, bool, str, Sequence[str]] = None, ttl: int = 10,
+                 prefix: str = DEFAULT_PREFIX, advertise: Optional[str] = None,
+                 max_concurrency: int = 1000, max_frame: int = protocol.MAX_FRAME,
+                 token: Optional[str] = None, metadata: Optional[dict] = None,
+                 etcd_client: Optional[Etcd] = None):
+        if not services:
+            raise ValueError("Server needs at least one service class")
+        self.specs = [spec_of(cls) for cls in services]
+        self.host, self.port = host, port
+        self.ttl = ttl
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.advertise = advertise
+        self.max_frame = max_frame
+        self.token = token
+        self.metadata = dict(metadata or {})
+        self.etcd: Optional[Etcd] = None
+        if etcd is not False:
+            self.etcd = etcd_client or Etcd(default_endpoints(etcd))
+        self.discovery: Optional[Discovery] = (
+            Discovery(self.etcd, self.prefix) if self.etcd is not None else None)
+        self.instances = [spec.cls() for spec in self.specs]
+        self.client: Optional[Client] = (
+            Client(discovery=self.discovery, token=token) if self.discovery else None)
+        for instance in self.instances:
+            instance.client = self.client
+        self.dispatcher = Dispatcher(self.instances, token=token)
+        self.pool = gevent.pool.Pool(max_concurrency)
+        self.registration: Optional[Registration] = None
+        self.draining = False      # deregistered: still serving during the grace window
+        self.going_away = False    # past the grace window: refuse new calls
+        self.started_at = 0.0
+        self._conns: set = set()
+        self._server: Optional[StreamServer] = None
+        self._stopped = gevent.event.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        """The (host, port) actually bound."""
+        if self._server is None:
+            raise RuntimeError("server not started")
+        host, port = self._server.address[:2]
+        return host, port
+
+    @property
+    def advertised(self) -> str:
+        host, port = self.address
+        if self.advertise:
+            return self.advertise if ":" in self.advertise else f"{self.advertise}:{port}"
+        if host in ("0.0.0.0", "::", ""):
+            host = primary_address()
+        return f"{host}:{port}"
+
+    def record(self, spec) -> dict:
+        """The JSON record published for ``spec`` under ``<prefix><Service>/<address>``."""
+        return {"address": self.advertised, "service": spec.name, "methods": spec.describe(),
+                "protocol": "jsonrpc2-msgpack/1", "pid": os.getpid(), "hostname": socket.gethostname(),
+                "version": __version__, "started": self.started_at, **self.metadata}
+
+    def start(self) -> "Server":
+        self._server = StreamServer((self.host, self.port), self._handle)
+        self._server.start()
+        self.started_at = round(time.time(), 3)
+        log.info("serving %s on %s:%s", ", ".join(s.name for s in self.specs), *self.address)
+        if self.etcd is not None:
+            entries = {f"{self.prefix}{spec.name}/{self.advertised}": json.dumps(self.record(spec))
+                       for spec in self.specs}
+            self.registration = Registration(self.etcd, entries, self.ttl)
+            self.registration.start()
+        return self
+
+    def stop(self, grace: Optional[float] = None, drain_timeout: Optional[float] = None) -> None:
+        """Deregister, serve out the grace window, refuse new calls, drain, close."""
+        if self._stopped.is_set():
+            return
+        grace = self.grace if grace is None else grace
+        drain_timeout = self.drain_timeout if drain_timeout is None else drain_timeout
+        self.draining = True
+        if self.registration is not None:
+            self.registration.stop()
+        if grace > 0:
+            gevent.sleep(grace)
+        self.going_away = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._conns):
+            conn.send(_GOAWAY_FRAME)
+        deadline = time.monotonic() + drain_timeout
+        for conn in list(self._conns):
+            conn.idle.wait(max(0.0, deadline - time.monotonic()))
+        self.pool.join(timeout=max(0.0, deadline - time.monotonic()))
+        for conn in list(self._conns):
+            conn.closed = True
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self.client is not None:
+            self.client.close()
+        if self.discovery is not None:
+            self.discovery.close()
+        self._stopped.set()
+        log.info("stopped %s", ", ".join(s.name for s in self.specs))
+
+    def serve_forever(self) -> None:
+        if self._server is None:
+            self.start()
+        self._stopped.wait()
+
+    # ---- connections -----------------------------------------------------------------------------
+
+    def _handle(self, sock, peer) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Conn(sock, peer)
+        self._conns.add(conn)
+        reader = protocol.FrameReader(self.max_frame)
+        try:
+            while not conn.closed:
+                try:
+                    data = sock.recv(262144)
+                except OSError:
+                    break
+                if not data:
+                    break
+                try:
+                    bodies = reader.feed(data)
+                except ProtocolError as exc:
+                    self._reject(conn, exc)
+                    break
+                for body in bodies:
+                    try:
+                        obj = protocol.unpack_body(body)
+                    except ParseError as exc:
+                        self._reject(conn, exc)
+                        return
+                    if self.going_away:
+                        self._refuse(conn, obj)
+                        continue
+                    conn.in_flight += 1
+                    conn.idle.clear()
+                    # blocks while the pool is full: backpressure onto this connection's socket
+                    self.pool.spawn(self._run, conn, obj, time.monotonic())
+        finally:
+            self._conns.discard(conn)
+            if not conn.in_flight:
+                self._close(conn)
+            else:
+                conn.closed = True  # the last in-flight call closes the socket
+                conn.idle.wait(self.drain_timeout)
+                self._close(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        conn.closed = True
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    def _reject(self, conn: _Conn, exc) -> None:
+        log.warning("closing connection from %s: %s", conn.peer[0], exc)
+        try:
+            conn.sock.sendall(protocol.pack(protocol.error_response(None, exc.to_error_object())))
+        except OSError:
+            pass
+
+    def _refuse(self, conn: _Conn, obj: Any) -> None:
+        rid = obj.get("id") if isinstance(obj, dict) else None
+        if rid is not None:
+            conn.send(protocol.pack(protocol.error_response(
+                rid, GoingAway("node is shutting down; call not processed").to_error_object())))
+
+    def _run(self, conn: _Conn, obj: Any, received: float) -> None:
+        try:
+            response = self.dispatcher.handle(obj, received)
+            if response is not None and not conn.closed:
+                try:
+                    frame = protocol.pack(response)
+                except Exception as exc:  # the handler returned something msgpack cannot encode
+                    frame = protocol.pack(protocol.error_response(response.get("id"), InternalError(
+                        f"result could not be encoded: {exc}").to_error_object()))
+                conn.send(frame)
+        finally:
+            conn.in_flight -= 1
+            if not conn.in_flight:
+                conn.idle.set()
