@@ -42,6 +42,8 @@ def cmd_serve(args) -> int:
     server = Server(services, host=args.host, port=args.port, etcd=args.etcd, ttl=args.ttl,
                     prefix=args.prefix, advertise=args.advertise)
     server.start()
+    if server.registration is not None and not server.registration.wait_registered(10.0):
+        log.warning("not registered in etcd yet; serving anyway and retrying in the background")
     host, port = server.address
     names = ",".join(spec.name for spec in server.specs)
     # one parseable line on stdout: scripts and framework.testing wait for it

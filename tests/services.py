@@ -1,0 +1,56 @@
+"""Services the integration tests serve in real node processes."""
+import os
+import time
+
+import framework
+
+
+@framework.service
+class HelloService(framework.Service):
+    @framework.idempotent
+    def Hello(self, request):
+        return "hello:" + request
+
+    @framework.idempotent
+    def Pid(self):
+        return os.getpid()
+
+    @framework.idempotent
+    def Sleep(self, seconds):
+        time.sleep(seconds)
+        return os.getpid()
+
+    def Fail(self, message):
+        raise ValueError(message)
+
+    def Echo(self, *args, **kwargs):
+        return {"args": list(args), "kwargs": kwargs}
+
+    def _private(self):
+        return "never reachable"
+
+
+@framework.service("Ledger")
+class LedgerService(framework.Service):
+    """Side effects are appended to a file, so tests can count how often a call really ran."""
+
+    def Charge(self, path, die_once=None):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        if die_once and not os.path.exists(die_once):
+            open(die_once, "w").close()
+            os.kill(os.getpid(), 9)   # the node dies after receiving (and running) the call
+        return os.getpid()
+
+    @framework.idempotent
+    def Record(self, path, die_once=None):
+        return self.Charge(path, die_once)
+
+
+@framework.service
+class GreeterService(framework.Service):
+    """Calls HelloService through self.client: services find each other like callers do."""
+
+    @framework.idempotent
+    def Greet(self, name):
+        return "greeter->" + self.client.HelloService.Hello(name)
