@@ -129,7 +129,8 @@ class _Watched:
                     watch.close()
                     return
                 backoff.reset()
-                for revision, events, event_cluster in watch:
+                stream = iter(watch)
+                for revision, events, event_cluster in stream:
                     if event_cluster and cluster and event_cluster != cluster:
                         log.warning("etcd cluster changed under watch of %s; listing again",
                                     self.service)
@@ -147,7 +148,7 @@ class _Watched:
                                     nodes.pop(ev.kv.key, None)
                         self.revision = revision
                         self._publish(nodes)
-                watch.close()
+                stream.close()
             except (socket.timeout, TimeoutError):
                 log.debug("watch of %s idle for %ss; listing again", self.service, d.idle_resync)
             except EtcdError as exc:

@@ -12,6 +12,13 @@ greenlets. A watch holds one streaming connection.
 
 Endpoints are tried in order starting with the last one that worked; a connection-level failure moves
 on to the next, so losing one member of a cluster costs one connect attempt.
+
+Security: :class:`EtcdConfig` carries the endpoints plus TLS (a CA to verify etcd's server certificate,
+and a client certificate and key when etcd runs with ``--client-cert-auth``) and username/password
+auth. Every connection - unary calls and watches, from registration and discovery alike - is made by
+:class:`Etcd`, so one config secures all of them. With a username, the client authenticates once
+(``/v3/auth/authenticate``), sends the token on every request, and authenticates again when etcd
+says the token is invalid or expired (etcd forgets simple tokens when it restarts).
 """
 from __future__ import annotations
 
@@ -21,8 +28,10 @@ import json
 import logging
 import socket
 import ssl
+import os
 import threading
-from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .errors import EtcdError
 
@@ -70,6 +79,66 @@ def parse_endpoints(etcd: Union[None, str, Sequence[str]], default: Optional[str
     if not endpoints:
         raise ValueError(f"no etcd endpoint in {etcd!r}")
     return endpoints
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    """How to reach etcd: endpoints, TLS files and credentials. Immutable; build one per program.
+
+    ``endpoints`` accepts ``"h:p"``, ``"h1:p1,h2:p2"``, ``"https://h:p"`` or a list. ``ca`` is the CA
+    bundle that signed etcd's server certificate (default: the system store when TLS is on);
+    ``cert``/``key`` are the client certificate for ``--client-cert-auth``. TLS is on when any of
+    ``ca``, ``cert`` or an ``https://`` endpoint is given. ``username``/``password`` enable etcd auth.
+    """
+
+    endpoints: Union[str, Sequence[str], None] = None
+    ca: Optional[str] = None
+    cert: Optional[str] = None
+    key: Optional[str] = None
+    username: Optional[str] = None
+    password: Optional[str] = None
+    timeout: float = 5.0
+
+    #: environment variables read by :meth:`from_env` (and by ``serve`` as flag defaults)
+    ENV = {"endpoints": "ETCD_ENDPOINTS", "ca": "ETCD_CA", "cert": "ETCD_CERT", "key": "ETCD_KEY",
+           "username": "ETCD_USER", "password": "ETCD_PASSWORD"}
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "EtcdConfig":
+        """Settings from ``$ETCD_ENDPOINTS``, ``$ETCD_CA``, ``$ETCD_CERT``, ``$ETCD_KEY``,
+        ``$ETCD_USER`` and ``$ETCD_PASSWORD``; ``overrides`` that are not None win."""
+        environ = os.environ if environ is None else environ
+        values = {field: environ.get(var) or None for field, var in cls.ENV.items()}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def coerce(cls, etcd: Union[None, str, Sequence[str], "EtcdConfig"]) -> "EtcdConfig":
+        """``etcd=`` as users pass it: a config as is; endpoints (str or list) with TLS/auth settings
+        from the environment; None -> everything from the environment (default 127.0.0.1:2379)."""
+        if isinstance(etcd, EtcdConfig):
+            return etcd
+        return cls.from_env(endpoints=etcd if etcd else None)
+
+    @property
+    def tls_enabled(self) -> bool:
+        eps = self.endpoints if isinstance(self.endpoints, str) else ",".join(self.endpoints or ())
+        return bool(self.ca or self.cert or "https://" in eps)
+
+    def ssl_context(self) -> Optional[ssl.SSLContext]:
+        if not self.tls_enabled:
+            return None
+        return tls_context(self.ca, self.cert, self.key, force=True)
+
+    def client(self) -> "Etcd":
+        """A new :class:`Etcd` built from this config."""
+        return Etcd(self.endpoints, timeout=self.timeout, username=self.username,
+                    password=self.password, tls=self.ssl_context())
+
+    def __repr__(self) -> str:  # never print the password
+        return (f"EtcdConfig(endpoints={self.endpoints!r}, ca={self.ca!r}, cert={self.cert!r}, "
+                f"key={self.key!r}, username={self.username!r}, "
+                f"password={'***' if self.password else None})")
 
 
 def _b64(s: Union[str, bytes]) -> str:
@@ -174,11 +243,18 @@ class Etcd:
         conn, resp = self._open("/v3/auth/authenticate",
                                 {"name": self.username, "password": self.password or ""}, self.timeout)
         try:
-            data = json.loads(resp.read() or b"{}")
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise EtcdError(f"etcd read failed: {exc}") from None
         finally:
             conn.close()
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError:
+            data = {"message": raw[:200].decode("utf-8", "replace").strip()}
         if resp.status != 200 or not data.get("token"):
-            raise EtcdError(f"etcd authentication failed: {data.get('message') or data}")
+            raise EtcdError(f"etcd authentication as {self.username!r} failed: "
+                            f"{data.get('message') or data}")
         self._token = data["token"]
 
     # ---- key/value -----------------------------------------------------------------------------
@@ -243,6 +319,14 @@ class Watch:
         self.closed = False
 
     def __iter__(self) -> Iterator[Tuple[int, List[Event], Optional[str]]]:
+        try:
+            yield from self._messages()
+        finally:
+            # closed by the reading thread only: closing a buffered reader that another
+            # thread is blocked in raises "reentrant call"
+            self._conn.close()
+
+    def _messages(self) -> Iterator[Tuple[int, List[Event], Optional[str]]]:
         while True:
             try:
                 line = self._resp.readline(16 * 1024 * 1024)
@@ -269,22 +353,24 @@ class Watch:
             yield int(header.get("revision", 0)), events, header.get("cluster_id")
 
     def close(self) -> None:
+        """Safe from any thread: shutdown wakes the reader, whose iterator then closes the socket."""
         self.closed = True
         try:
-            # shutdown wakes a reader blocked in readline in another thread or greenlet
             sock = self._conn.sock
             if sock is not None:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self._conn.close()
 
 
 def tls_context(ca: Optional[str] = None, cert: Optional[str] = None,
-                key: Optional[str] = None) -> Optional[ssl.SSLContext]:
-    """An SSL context for etcd's client port, or None when no TLS option is given."""
-    if not (ca or cert):
+                key: Optional[str] = None, force: bool = False) -> Optional[ssl.SSLContext]:
+    """An SSL context for etcd's client port (server certificate verified against ``ca``, or the
+    system store), or None when no TLS option is given and ``force`` is false."""
+    if not (ca or cert or force):
         return None
+    if key and not cert:
+        raise ValueError("an etcd client key needs its certificate (cert=...)")
     ctx = ssl.create_default_context(cafile=ca)
     if cert:
         ctx.load_cert_chain(cert, key)
