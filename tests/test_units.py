@@ -1,0 +1,163 @@
+"""Fast unit tests of the pure parts: framing, dispatch, balancing, and the lease/cache loops on a fake
+etcd (each of these behaviours is also covered against a real etcd in test_core)."""
+import json
+import time
+
+import msgpack
+import pytest
+
+import framework
+from framework import protocol
+from framework.balancer import RoundRobin
+from framework.discovery import Discovery
+from framework.dispatch import Dispatcher
+from framework.errors import ParseError
+from framework.registry import Registration
+from framework.testing import wait_until
+from tests.fake_etcd import FakeEtcd
+from tests.services import HelloService
+
+
+# ---- framing ------------------------------------------------------------------------------------
+
+def test_frames_split_across_arbitrary_reads():
+    frames = b"".join(protocol.pack({"id": i, "x": "y" * i}) for i in range(50))
+    reader = protocol.FrameReader()
+    got = []
+    for i in range(0, len(frames), 7):
+        got += [protocol.unpack_body(b) for b in reader.feed(frames[i:i + 7])]
+    assert [g["id"] for g in got] == list(range(50))
+    assert reader.buffered == 0
+
+
+def test_oversized_or_empty_declared_length_is_refused_before_buffering():
+    reader = protocol.FrameReader(max_frame=1024)
+    with pytest.raises(protocol.FrameTooLarge):
+        reader.feed(b"\xff\xff\xff\xff" + b"x" * 10)
+    assert reader.buffered == 0
+    with pytest.raises(protocol.FrameTooLarge):
+        protocol.FrameReader().feed(b"\x00\x00\x00\x00")
+
+
+def test_ext_types_and_garbage_are_parse_errors():
+    with pytest.raises(ParseError):
+        protocol.unpack_body(msgpack.packb(msgpack.ExtType(5, b"abc")))
+    with pytest.raises(ParseError):
+        protocol.unpack_body(b"\xc1\xc1\xc1")
+
+
+# ---- dispatch -----------------------------------------------------------------------------------
+
+def req(method, params=(), rid=1, **extra):
+    return {"jsonrpc": "2.0", "id": rid, "method": method, "params": list(params), **extra}
+
+
+def test_dispatch_reaches_only_public_methods_of_the_subclass():
+    d = Dispatcher([HelloService()])
+    assert d.handle(req("HelloService.Hello", ["x"]))["result"] == "hello:x"
+    for name in ("_private", "__class__", "__init__", "client", "Hello.__globals__", "__dict__"):
+        assert d.handle(req(f"HelloService.{name}"))["error"]["code"] == -32601
+
+
+def test_dispatch_errors_follow_json_rpc():
+    d = Dispatcher([HelloService()])
+    assert d.handle(req("HelloService.Hello", ["a", "b"]))["error"]["code"] == -32602
+    err = d.handle(req("HelloService.Fail", ["boom"]))["error"]
+    assert err == {"code": -32000, "message": "boom", "data": {"type": "ValueError", "message": "boom"}}
+    assert d.handle({"jsonrpc": "1.0", "id": 3, "method": "x"})["error"]["code"] == -32600
+    assert d.handle({"jsonrpc": "2.0", "id": 3, "method": 5})["error"]["code"] == -32600
+    assert d.handle([1])["error"]["code"] == -32600
+    # a notification runs but gets no response
+    assert d.handle({"jsonrpc": "2.0", "method": "HelloService.Hello", "params": ["x"]}) is None
+    # named params
+    assert d.handle({"jsonrpc": "2.0", "id": "s", "method": "HelloService.Hello",
+                     "params": {"request": "n"}}) == {"jsonrpc": "2.0", "id": "s", "result": "hello:n"}
+
+
+def test_dispatch_skips_work_whose_deadline_passed():
+    d = Dispatcher([HelloService()])
+    stale = time.monotonic() - 1.0
+    resp = d.handle(req("HelloService.Hello", ["x"], meta={"timeout_ms": 500}), received=stale)
+    assert resp["error"]["code"] == -32002
+    fresh = d.handle(req("HelloService.Hello", ["x"], meta={"timeout_ms": 5000}), received=stale)
+    assert fresh["result"] == "hello:x"
+
+
+def test_service_names_and_decorator_forms():
+    @framework.service("Custom-Name")
+    class A(framework.Service):
+        def M(self):
+            return 1
+
+    from framework.service import spec_of
+    assert spec_of(A).name == "Custom-Name" and set(spec_of(A).methods) == {"M"}
+    with pytest.raises(TypeError):
+        framework.service(object)
+
+
+def test_round_robin_spreads_evenly_and_skips_unusable():
+    rr = RoundRobin()
+    picks = [rr.pick("abc") for _ in range(300)]
+    assert {c: picks.count(c) for c in "abc"} == {"a": 100, "b": 100, "c": 100}
+    assert {rr.pick("abc", lambda n: n != "b") for _ in range(30)} == {"a", "c"}
+    assert rr.pick("abc", lambda n: False) is None and rr.pick("") is None
+
+
+# ---- lease loop on a fake etcd -------------------------------------------------------------------
+
+def test_registration_grants_a_new_lease_when_the_old_one_is_gone():
+    etcd = FakeEtcd()
+    reg = Registration(etcd, {"/services/S/a:1": json.dumps({"address": "a:1"})}, ttl=3)
+    reg.start()
+    try:
+        wait_until(lambda: reg.registered)
+        first = reg.lease
+        etcd.expire(first)                 # as after SIGSTOP past the TTL, or etcd wiped
+        wait_until(lambda: reg.lease not in (0, first), timeout=5)
+        assert etcd.kvs["/services/S/a:1"].lease == reg.lease and reg.grants == 2
+    finally:
+        reg.stop()
+    assert "/services/S/a:1" not in etcd.kvs, "stop() revokes, removing the key at once"
+
+
+def test_registration_never_gives_up_while_etcd_is_down():
+    etcd = FakeEtcd()
+    etcd.down = True
+    reg = Registration(etcd, {"/services/S/a:1": "{}"}, ttl=3)
+    reg.start()
+    try:
+        wait_until(lambda: reg.failures >= 8, timeout=10)   # far past kratos/Kitex's 5 tries
+        assert not reg.registered
+        etcd.down = False
+        wait_until(lambda: reg.registered, timeout=5)
+        assert "/services/S/a:1" in etcd.kvs
+    finally:
+        reg.stop()
+
+
+# ---- watched cache on a fake etcd ----------------------------------------------------------------
+
+def test_cache_lists_then_watches_from_the_next_revision_and_survives_errors():
+    etcd = FakeEtcd()
+    etcd.put("/services/S/a:1", json.dumps({"address": "a:1"}))
+    d = Discovery(etcd)
+    try:
+        assert [n.address for n in d.nodes("S", wait=5)] == ["a:1"]
+        wait_until(lambda: etcd.watch_starts)
+        assert etcd.watch_starts == [etcd.revision + 1]
+        etcd.put("/services/S/b:2", json.dumps({"address": "b:2"}))
+        wait_until(lambda: len(d.nodes("S")) == 2)
+        etcd.delete("/services/S/a:1")
+        wait_until(lambda: [n.address for n in d.nodes("S")] == ["b:2"])
+        # etcd goes away: the stream breaks and re-listing fails - the last good view stays
+        etcd.down = True
+        etcd.break_watches()
+        wait_until(lambda: etcd.calls.count("get_prefix") >= 3, timeout=10)
+        assert [n.address for n in d.nodes("S")] == ["b:2"]
+        # while it was away a node left; on return the full list converges on the truth
+        etcd.down = False
+        etcd.delete("/services/S/b:2")
+        etcd.put("/services/S/c:3", "c:3")   # the reference article's plain host:port value
+        wait_until(lambda: [n.address for n in d.nodes("S")] == ["c:3"], timeout=10)
+    finally:
+        d.close()
