@@ -10,10 +10,11 @@ from .errors import (CommunicationError, ConnectionLost, DeadlineExceeded, EtcdE
                      Unauthorized)
 from .service import Service, idempotent, service
 from .client import Client
+from .etcd import EtcdConfig
 from .server import Server
 
 __all__ = [
-    "Service", "service", "idempotent", "Server", "Client",
+    "Service", "service", "idempotent", "Server", "Client", "EtcdConfig",
     "RpcError", "ServiceUnavailable", "Timeout", "CommunicationError", "NotSent", "ConnectionLost",
     "ProtocolError", "EtcdError", "ParseError", "InvalidRequest", "MethodNotFound", "InvalidParams",
     "InternalError", "RemoteError", "GoingAway", "DeadlineExceeded", "Overloaded", "Unauthorized",

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from .balancer import RoundRobin
 from .discovery import DEFAULT_PREFIX, Discovery, Node
 from .errors import (ConnectionLost, MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout)
-from .etcd import Etcd, parse_endpoints
+from .etcd import Etcd, EtcdConfig, parse_endpoints
 from .transport import Pool
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,14 @@ def default_endpoints(etcd: Union[None, str, Sequence[str]]) -> List[str]:
 class Client:
     """Calls services by name through a watched cache of their live nodes.
 
-    ``etcd``: "host:port", "h1:p1,h2:p2" or a list; ``timeout``: the per-call deadline in seconds.
+    ``etcd``: "host:port", "h1:p1,h2:p2", a list, or an :class:`~framework.EtcdConfig` (TLS, auth);
+    endpoints given as strings take TLS/auth settings from ``$ETCD_CA`` etc. ``timeout``: the
+    per-call deadline in seconds.
     Pass ``discovery=`` to share another client's (or a server's) cache and watches. A client is safe
     to use from many threads or greenlets, and is a context manager.
     """
 
-    def __init__(self, etcd: Union[None, str, Sequence[str]] = None, timeout: float = 5.0,
+    def __init__(self, etcd: Union[None, str, Sequence[str], EtcdConfig] = None, timeout: float = 5.0,
                  prefix: str = DEFAULT_PREFIX, *, discovery: Optional[Discovery] = None,
                  pool: Optional[Pool] = None, token: Optional[str] = None,
                  etcd_client: Optional[Etcd] = None):
@@ -49,7 +51,7 @@ class Client:
         self.token = token
         self._owns_discovery = discovery is None
         if discovery is None:
-            etcd_client = etcd_client or Etcd(default_endpoints(etcd))
+            etcd_client = etcd_client or EtcdConfig.coerce(etcd).client()
             discovery = Discovery(etcd_client, prefix)
         self.discovery = discovery
         self._owns_pool = pool is None

@@ -33,7 +33,7 @@ from .client import Client, default_endpoints
 from .discovery import DEFAULT_PREFIX, Discovery
 from .dispatch import Dispatcher
 from .errors import GoingAway, InternalError, ParseError, ProtocolError
-from .etcd import Etcd
+from .etcd import Etcd, EtcdConfig
 from .registry import Registration
 from .service import spec_of
 
@@ -99,7 +99,7 @@ class Server:
     drain_timeout = 10.0
 
     def __init__(self, services: Sequence[type], host: str = "0.0.0.0", port: int = 0,
-                 etcd: Union[None, bool, str, Sequence[str]] = None, ttl: int = 10,
+                 etcd: Union[None, bool, str, Sequence[str], EtcdConfig] = None, ttl: int = 10,
                  prefix: str = DEFAULT_PREFIX, advertise: Optional[str] = None,
                  max_concurrency: int = 1000, max_frame: int = protocol.MAX_FRAME,
                  token: Optional[str] = None, metadata: Optional[dict] = None,
@@ -116,7 +116,7 @@ class Server:
         self.metadata = dict(metadata or {})
         self.etcd: Optional[Etcd] = None
         if etcd is not False:
-            self.etcd = etcd_client or Etcd(default_endpoints(etcd))
+            self.etcd = etcd_client or EtcdConfig.coerce(etcd).client()
         self.discovery: Optional[Discovery] = (
             Discovery(self.etcd, self.prefix) if self.etcd is not None else None)
         self.instances = [spec.cls() for spec in self.specs]
