@@ -1,0 +1,46 @@
+"""``make demo``: a dev etcd, two HelloService nodes and the demo client; one node is SIGKILLed
+while the client keeps getting answers; everything is cleaned up at the end."""
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from framework.testing import EtcdProcess, NodeProcess, ProcessGroup, wait_until  # noqa: E402
+
+
+def main() -> int:
+    group = ProcessGroup()
+    try:
+        etcd = group.add(EtcdProcess().start())
+        print(f"[demo] etcd on {etcd.endpoint}")
+        nodes = [group.add(NodeProcess("demo_hello.service", etcd.endpoint, ttl=3).start())
+                 for _ in range(2)]
+        for n in nodes:
+            print(f"[demo] HelloService node pid {n.pid} on {n.address}")
+        client = subprocess.Popen(
+            [sys.executable, "demo_hello/client.py", "--etcd", etcd.endpoint, "--count", "60",
+             "--interval", "0.1"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        group.add(type("Kill", (), {"close": lambda self: client.kill()})())
+        answers = []
+
+        def relay():
+            for line in client.stdout:
+                print("  client | " + line, end="", flush=True)
+                answers.append(line)
+
+        threading.Thread(target=relay, daemon=True).start()
+        wait_until(lambda: sum("hello:" in a for a in answers) >= 15, timeout=30)
+        print(f"[demo] SIGKILL node pid {nodes[0].pid} ({nodes[0].address}); the client keeps going")
+        nodes[0].kill()
+        code = client.wait(60)
+        print(f"[demo] client exited {code}; stopping everything")
+        return code
+    finally:
+        group.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
