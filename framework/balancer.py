@@ -1,8 +1,19 @@
-"""Balancing: pure policies that pick one node from a snapshot. No I/O, no locks on the hot path."""
+"""Balancing: pure policies that pick one node from a snapshot. No I/O, no locks on the hot path.
+
+Every policy has the same small surface, so the client treats them alike:
+
+* ``pick(candidates, usable=None)`` -> a node, or None when ``usable`` refuses all of them;
+* ``begin(node)`` -> a token the client hands back to ``end(token, seconds, ok)`` once the call is
+  over (:class:`RoundRobin` keeps no per-call state, so both are no-ops);
+* ``forget(node)`` when a node leaves the registry.
+"""
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Optional, Sequence, TypeVar
+import math
+import random
+import time
+from typing import Any, Callable, Dict, Hashable, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -10,7 +21,7 @@ T = TypeVar("T")
 class RoundRobin:
     """Cycles through the candidates; ``next()`` on itertools.count is atomic under the GIL."""
 
-    def __init__(self):
+    def __init__(self, key: Optional[Callable[[Any], Hashable]] = None):
         self._counter = itertools.count()
 
     def pick(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]] = None) -> Optional[T]:
@@ -25,3 +36,104 @@ class RoundRobin:
             if usable(node):
                 return node
         return None
+
+    def begin(self, node: Any) -> None:
+        return None
+
+    def end(self, token: Any, seconds: float, ok: bool) -> None:
+        pass
+
+    def forget(self, node: Any) -> None:
+        pass
+
+
+class _Load:
+    """What P2C knows about one node: calls outstanding and a peak-sensitive EWMA of latency."""
+
+    __slots__ = ("outstanding", "ewma", "stamp")
+
+    def __init__(self):
+        self.outstanding = 0
+        self.ewma = 0.0      # seconds; 0 until the first answer, so a new node is tried at once
+        self.stamp = 0.0     # monotonic time of the last update
+
+
+class P2C:
+    """Power of two choices: sample two usable nodes at random, send to the less loaded one.
+
+    The load of a node is ``ewma * (outstanding + 1)``, Finagle's "peak EWMA" cost as go-zero also uses
+    it: ``outstanding`` (calls sent, not yet answered) reacts at once under concurrency, and the
+    latency EWMA tells nodes apart even with one caller, when nothing is ever outstanding. The EWMA
+    jumps to a slower observation at once (peak) and decays toward faster ones with time constant
+    ``decay`` seconds; it also decays while a node is not picked, so a node that had one bad moment
+    gets traffic again. A failed call counts as ``penalty`` seconds, so a node that fails fast does
+    not attract traffic (ejection, in the pool, handles nodes that fail repeatedly).
+
+    ``key(node)`` names a node (default: its ``address`` attribute, else the node itself).
+    Counters are updated without a lock: under the GIL a lost update only blurs the estimate, and
+    ``outstanding`` is clamped at zero.
+    """
+
+    def __init__(self, key: Optional[Callable[[Any], Hashable]] = None, decay: float = 1.0,
+                 penalty: float = 1.0, rng: Optional[random.Random] = None):
+        self.key = key or _address
+        self.decay = decay
+        self.penalty = penalty
+        self._random = (rng or random.Random()).random
+        self._loads: Dict[Hashable, _Load] = {}
+
+    def _load(self, node: Any) -> _Load:
+        key = self.key(node)
+        load = self._loads.get(key)
+        if load is None:
+            load = self._loads.setdefault(key, _Load())
+        return load
+
+    def cost(self, node: Any, now: Optional[float] = None) -> float:
+        load = self._load(node)
+        ewma = load.ewma
+        if ewma:
+            idle = (time.monotonic() if now is None else now) - load.stamp
+            if idle > 0:
+                ewma *= math.exp(-idle / self.decay)
+        return ewma * (load.outstanding + 1)
+
+    def pick(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]] = None) -> Optional[T]:
+        if usable is not None:
+            candidates = [c for c in candidates if usable(c)]
+        n = len(candidates)
+        if n <= 1:
+            return candidates[0] if n else None
+        rand = self._random
+        i = int(rand() * n)
+        j = int(rand() * (n - 1))
+        if j >= i:
+            j += 1  # two distinct nodes, uniformly
+        a, b = candidates[i], candidates[j]
+        now = time.monotonic()
+        return a if self.cost(a, now) <= self.cost(b, now) else b
+
+    def begin(self, node: Any) -> _Load:
+        load = self._load(node)
+        load.outstanding += 1
+        return load
+
+    def end(self, token: _Load, seconds: float, ok: bool) -> None:
+        load = token
+        load.outstanding = max(0, load.outstanding - 1)
+        if not ok:
+            seconds = max(seconds, self.penalty)
+        now = time.monotonic()
+        if seconds >= load.ewma:
+            load.ewma = seconds  # peak: a slowdown shows at once
+        else:
+            w = math.exp(-(now - load.stamp) / self.decay)
+            load.ewma = load.ewma * w + seconds * (1.0 - w)
+        load.stamp = now
+
+    def forget(self, node: Any) -> None:
+        self._loads.pop(self.key(node), None)
+
+
+def _address(node: Any) -> Hashable:
+    return getattr(node, "address", node)

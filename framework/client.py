@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from .balancer import RoundRobin
+from .balancer import P2C, RoundRobin
 from .discovery import DEFAULT_PREFIX, Discovery, Node
 from .errors import (ConnectionLost, MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout)
 from .etcd import Etcd, EtcdConfig, parse_endpoints
@@ -45,9 +45,11 @@ class Client:
 
     def __init__(self, etcd: Union[None, str, Sequence[str], EtcdConfig] = None, timeout: float = 5.0,
                  prefix: str = DEFAULT_PREFIX, *, discovery: Optional[Discovery] = None,
-                 pool: Optional[Pool] = None, token: Optional[str] = None,
-                 etcd_client: Optional[Etcd] = None):
+                 pool: Optional[Pool] = None, token: Optional[str] = None, tls: Any = None,
+                 etcd_client: Optional[Etcd] = None, balancer: Optional[Callable[[], Any]] = None):
         self.timeout = timeout
+        #: builds one policy per service (framework.balancer: RoundRobin, P2C)
+        self.balancer = balancer or RoundRobin
         self.token = token
         self._owns_discovery = discovery is None
         if discovery is None:
@@ -55,8 +57,9 @@ class Client:
             discovery = Discovery(etcd_client, prefix)
         self.discovery = discovery
         self._owns_pool = pool is None
-        self.pool = pool or Pool()
-        self._balancers: Dict[str, RoundRobin] = {}
+        # tls: an ssl.SSLContext or a CA bundle path, to verify nodes whose RPC port is TLS
+        self.pool = pool or Pool(tls=tls)
+        self._balancers: Dict[str, Any] = {}
         self._proxies: Dict[str, ServiceProxy] = {}
         discovery.subscribe(self._on_change)
 
@@ -103,16 +106,19 @@ class Client:
 
     def _on_change(self, service: str, added, removed, snapshot) -> None:
         live = {n.address for n in snapshot}
+        balancer = self._balancers.get(service)
         for node in removed:
             if node.address not in live:
                 self.pool.forget(node.address)
+                if balancer is not None:
+                    balancer.forget(node)
 
     def _call(self, service: str, name: str, method: str, params: Any, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
         discovery, pool = self.discovery, self.pool
         balancer = self._balancers.get(service)
         if balancer is None:
-            balancer = self._balancers.setdefault(service, RoundRobin())
+            balancer = self._balancers.setdefault(service, self.balancer())
         tried: set = set()
         last_error: Optional[RpcError] = None
         pause = 0.005
@@ -136,9 +142,13 @@ class Client:
             node = balancer.pick(fresh, lambda n: pool.usable(n.address, now))
             if node is None:
                 node = balancer.pick(fresh)  # every node ejected: try one anyway
+            load = balancer.begin(node)
+            ok = False
             try:
                 conn = pool.get(node.address, remaining)
-                result = conn.call(method, params, remaining, self.token)
+                result = conn.call(method, params, remaining, self.token, pool.stall_after,
+                                   _idempotent(candidates, name))
+                ok = True
             except NotSent as exc:
                 pool.record(node.address, ok=False, eject_now=True)
                 last_error = exc
@@ -147,17 +157,20 @@ class Client:
                 if not _idempotent(candidates, name):
                     raise
                 last_error = exc
-            except Timeout as exc:
+            except Timeout:
                 pool.record(node.address, ok=False)
                 raise
             except RpcError as exc:
                 if not exc.not_processed:
+                    ok = True  # the node answered: for balancing, a success
                     pool.record(node.address, ok=True)
                     raise
                 last_error = exc  # going away / overloaded: the node did not run it
             else:
                 pool.record(node.address, ok=True)
                 return result
+            finally:
+                balancer.end(load, time.monotonic() - now, ok)
             tried.add(node.address)
             if len(tried) >= len(candidates):
                 # every node failed once: pause briefly so a dead registry entry can expire
