@@ -13,12 +13,16 @@ threads in a plain program and with greenlets in a gevent-patched one.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
+
+import gevent
 
 from . import protocol
 from .errors import ConnectionLost, NotSent, ProtocolError, RpcError, Timeout, from_error_object
@@ -26,6 +30,7 @@ from .errors import ConnectionLost, NotSent, ProtocolError, RpcError, Timeout, f
 log = logging.getLogger(__name__)
 
 _GOAWAY = "$goaway"
+_PING = "$ping"   # answered by the node's connection reader itself, never by a handler
 
 
 class _Pending:
@@ -48,16 +53,25 @@ class Connection:
         self._ids = itertools.count(1)
         self._pending: Dict[int, _Pending] = {}
         self._write_lock = threading.Lock()
+        self._out: collections.deque = collections.deque()   # frames waiting for the writer
+        self._flushing = False
+        self._cooperative = _cooperative()
+        self.last_recv = time.monotonic()
+        self._ping_sent = 0.0       # when the outstanding liveness ping was sent (0: none)
         self._reader = threading.Thread(target=self._read_loop, name=f"framework-conn-{address}",
                                         daemon=True)
         self._reader.start()
 
     @classmethod
-    def open(cls, address: str, timeout: float, max_frame: int = protocol.MAX_FRAME) -> "Connection":
+    def open(cls, address: str, timeout: float, max_frame: int = protocol.MAX_FRAME,
+             tls: Optional[ssl.SSLContext] = None) -> "Connection":
         host, _, port = address.rpartition(":")
         try:
             sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
-        except (OSError, ValueError) as exc:
+            if tls is not None:
+                # the node's certificate must name the address it advertises (IP or DNS SAN)
+                sock = tls.wrap_socket(sock, server_hostname=host.strip("[]"))
+        except (OSError, ValueError) as exc:  # ssl errors are OSErrors: nothing was sent yet
             raise NotSent(f"cannot connect to {address}: {exc}") from None
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -67,8 +81,30 @@ class Connection:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    def call(self, method: str, params: Any, timeout: float, token: Optional[str] = None) -> Any:
-        """Send one request and wait for its result (or raise its error)."""
+    def stalled(self, now: float, after: float) -> bool:
+        """True when a liveness ping has gone unanswered for ``after`` seconds: the node is frozen,
+        paused or blackholed (no RST ever comes), whatever its lease says."""
+        return bool(self._ping_sent) and now - self._ping_sent > after
+
+    def _check_liveness(self, now: float, after: float) -> None:
+        # Silence alone proves nothing (a handler may be slow); an unanswered ping does, because the
+        # node answers pings from its connection reader without running any handler.
+        if self._ping_sent or now - self.last_recv < after:
+            return
+        self._ping_sent = now
+        try:
+            with self._write_lock:
+                self.sock.sendall(protocol.pack({"jsonrpc": "2.0", "id": 0, "method": _PING}))
+        except OSError as exc:
+            self._fail(exc)
+
+    def call(self, method: str, params: Any, timeout: float, token: Optional[str] = None,
+             stall_after: float = 0.0, abandon_on_stall: bool = False) -> Any:
+        """Send one request and wait for its result (or raise its error).
+
+        With ``stall_after``, a call that has waited that long checks the node's liveness with a
+        ping; if the ping goes unanswered as long again and ``abandon_on_stall`` (the method is
+        idempotent), the call is abandoned with ConnectionLost so the caller can re-send it."""
         if not self.alive or not self.accepting:
             raise NotSent(f"connection to {self.address} is closed")
         rid = next(self._ids)
@@ -76,14 +112,28 @@ class Connection:
         self._pending[rid] = pending
         frame = protocol.pack(protocol.request(rid, method, params, int(timeout * 1000), token))
         try:
-            with self._write_lock:
-                self.sock.sendall(frame)
+            self._send(frame)
         except OSError as exc:
             self._pending.pop(rid, None)
             self._fail(exc)
             raise ConnectionLost(f"send to {self.address} failed: {exc}") from None
-        if not pending.event.wait(timeout):
+        if not stall_after:
+            done = pending.event.wait(timeout)
+        else:
+            end = time.monotonic() + timeout
+            while not (done := pending.event.wait(
+                    min(stall_after / 2, max(0.0, end - time.monotonic())))):
+                now = time.monotonic()
+                if now >= end:
+                    break
+                self._check_liveness(now, stall_after)
+                if abandon_on_stall and self.stalled(now, stall_after):
+                    self._pending.pop(rid, None)
+                    raise ConnectionLost(f"{self.address} stopped answering (no reply to a ping "
+                                         f"in {stall_after:.2f}s)")
+        if not done:
             self._pending.pop(rid, None)
+            self._retire_if_idle()
             raise Timeout(f"no answer from {self.address} within {timeout:.3f}s")
         response = pending.response
         if isinstance(response, RpcError):
@@ -91,6 +141,38 @@ class Connection:
         if "error" in response:
             raise from_error_object(response["error"])
         return response.get("result")
+
+    def _send(self, frame: bytes) -> None:
+        """Queue ``frame``; whoever holds the write lock sends everything queued in one write, so
+        concurrent calls cost one syscall per batch instead of one each."""
+        out = self._out
+        out.append(frame)
+        if self._cooperative:
+            if self._flushing:
+                return  # the greenlet already flushing takes this frame too
+            self._flushing = True
+            try:
+                gevent.sleep(0)  # let every greenlet that is ready now queue its frame first
+                with self._write_lock:
+                    self._drain(out)
+            finally:
+                self._flushing = False
+            return
+        while out and self._write_lock.acquire(False):  # threads: re-check after each release
+            try:
+                self._drain(out)
+            finally:
+                self._write_lock.release()
+
+    def _drain(self, out: collections.deque) -> None:
+        try:
+            while out:
+                n = len(out)
+                self.sock.sendall(out.popleft() if n == 1 else
+                                  b"".join([out.popleft() for _ in range(n)]))
+        except OSError:
+            out.clear()  # the connection is dead: their callers get ConnectionLost from _fail
+            raise
 
     def _read_loop(self) -> None:
         reader = protocol.FrameReader(self.max_frame)
@@ -100,6 +182,8 @@ class Connection:
                 data = self.sock.recv(262144)
                 if not data:
                     break
+                self.last_recv = time.monotonic()
+                self._ping_sent = 0.0
                 for body in reader.feed(data):
                     msg = protocol.unpack_body(body)
                     if not isinstance(msg, dict):
@@ -111,6 +195,8 @@ class Connection:
                     elif msg.get("method") == _GOAWAY:
                         log.info("node %s is going away", self.address)
                         self.accepting = False
+                if not self.accepting and not self._pending:
+                    break  # retired (node going away or left the registry) and nothing in flight
         except (OSError, RpcError) as exc:
             error = exc
         self._fail(error)
@@ -132,6 +218,15 @@ class Connection:
             pending.response = lost
             pending.event.set()
 
+    def retire(self) -> None:
+        """Take no new calls; close once the calls in flight have their answers."""
+        self.accepting = False
+        self._retire_if_idle()
+
+    def _retire_if_idle(self) -> None:
+        if not self.accepting and not self._pending:
+            self.close()
+
     def close(self) -> None:
         if self.alive:
             try:
@@ -139,6 +234,12 @@ class Connection:
             except OSError:
                 pass
         self._fail(None)
+
+
+def _cooperative() -> bool:
+    """True in a gevent-patched process: there, deferring a write by one turn of the loop batches it."""
+    from gevent import monkey
+    return monkey.is_module_patched("socket")
 
 
 class NodeHealth:
@@ -175,8 +276,14 @@ class Pool:
     """Connections and health records keyed by node address. Thread/greenlet safe."""
 
     def __init__(self, connect_timeout: float = 1.0, max_frame: int = protocol.MAX_FRAME,
-                 eject_threshold: int = 3, eject_base: float = 0.5, eject_cap: float = 10.0):
+                 eject_threshold: int = 3, eject_base: float = 0.5, eject_cap: float = 10.0,
+                 stall_after: float = 0.5, tls: Union[None, str, ssl.SSLContext] = None):
         self.connect_timeout = connect_timeout
+        #: client-side TLS for the RPC port: a context, or the path of the CA bundle to verify with
+        self.tls = client_tls_context(tls) if isinstance(tls, str) else tls
+        #: seconds a call waits before pinging its node, and a ping waits before the node counts
+        #: as stalled (frozen/blackholed); 0 disables the check
+        self.stall_after = stall_after
         self.max_frame = max_frame
         self.eject_threshold = eject_threshold
         self.eject_base, self.eject_cap = eject_base, eject_cap
@@ -194,7 +301,10 @@ class Pool:
 
     def usable(self, address: str, now: float) -> bool:
         h = self._health.get(address)
-        return h is None or h.usable(now)
+        if h is not None and not h.usable(now):
+            return False
+        conn = self._conns.get(address)
+        return conn is None or not self.stall_after or not conn.stalled(now, self.stall_after)
 
     def get(self, address: str, timeout: float) -> Connection:
         conn = self._conns.get(address)
@@ -208,7 +318,8 @@ class Pool:
                 return conn
             if self.closed:
                 raise NotSent("client is closed")
-            conn = Connection.open(address, min(timeout, self.connect_timeout), self.max_frame)
+            conn = Connection.open(address, min(timeout, self.connect_timeout), self.max_frame,
+                                   self.tls)
             self._conns[address] = conn
             return conn
 
@@ -222,14 +333,35 @@ class Pool:
             log.info("ejected node %s for %.1fs", address, h.ejected_until - time.monotonic())
 
     def forget(self, address: str) -> None:
-        """The node left the registry: drop its connection and health record."""
+        """The node left the registry: retire its connection (calls in flight still get their
+        answers - a draining node sends them) and drop its health record."""
         conn = self._conns.pop(address, None)
         self._health.pop(address, None)
         if conn is not None:
-            conn.close()
+            conn.retire()
 
     def close(self) -> None:
         self.closed = True
         for conn in list(self._conns.values()):
             conn.close()
         self._conns.clear()
+
+
+def client_tls_context(ca: Optional[str] = None, cert: Optional[str] = None,
+                       key: Optional[str] = None) -> ssl.SSLContext:
+    """Client side of a TLS RPC port: verify nodes against ``ca`` (default: the system store) and,
+    when the nodes require client certificates, present ``cert``/``key``."""
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def server_tls_context(cert: str, key: Optional[str] = None,
+                       client_ca: Optional[str] = None) -> ssl.SSLContext:
+    """Server side of a TLS RPC port: present ``cert``/``key``; with ``client_ca``, also require
+    and verify a client certificate signed by it (mutual TLS)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_ca)
+    ctx.load_cert_chain(cert, key)
+    ctx.verify_mode = ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE
+    return ctx

@@ -54,3 +54,16 @@ class GreeterService(framework.Service):
     @framework.idempotent
     def Greet(self, name):
         return "greeter->" + self.client.HelloService.Hello(name)
+
+
+@framework.service
+class WorkService(framework.Service):
+    def Work(self, ms):
+        """Not idempotent: a rolling restart must still lose none of these calls."""
+        time.sleep(ms / 1000.0)
+        return os.getpid()
+
+    @framework.idempotent
+    def Read(self, ms):
+        time.sleep(ms / 1000.0)
+        return os.getpid()

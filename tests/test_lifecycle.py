@@ -1,0 +1,92 @@
+"""Issue 4 (lead part): rolling deploys lose no call; a hung node is routed around; deadlines travel."""
+import threading
+import time
+
+import pytest
+
+import framework
+from framework.testing import wait_until
+
+
+class Load:
+    """``callers`` threads calling ``fn`` until stopped; records (finished_at, seconds, result|error)."""
+
+    def __init__(self, fn, callers=16):
+        self.fn = fn
+        self.stop = threading.Event()
+        self.ok, self.errors = [], []
+        self.threads = [threading.Thread(target=self._run) for _ in range(callers)]
+
+    def _run(self):
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                result = self.fn()
+                self.ok.append((time.monotonic(), time.monotonic() - started, result))
+            except Exception as exc:  # counted and asserted on, not raised
+                self.errors.append((time.monotonic(), time.monotonic() - started, repr(exc)))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(20)
+
+
+def test_rolling_restart_of_every_node_loses_no_non_idempotent_call(serve_node, make_client):
+    nodes = [serve_node("tests.services", ttl=10) for _ in range(3)]
+    client = make_client(timeout=10)
+    wait_until(lambda: len(client.nodes("WorkService")) == 3)
+    with Load(lambda: client.WorkService.Work(2)) as load:
+        wait_until(lambda: len(load.ok) > 200, timeout=20)
+        for old in list(nodes):
+            new = serve_node("tests.services", ttl=10)          # start the replacement
+            wait_until(lambda: new.address in client.nodes("WorkService"), timeout=10)
+            old.terminate()                                     # then SIGTERM the old node
+            assert old.wait(20) == 0
+            before = len(load.ok)
+            wait_until(lambda: len(load.ok) > before + 100, timeout=20)
+            nodes.remove(old)
+            nodes.append(new)
+        served_by = {pid for _, _, pid in load.ok[-200:]}
+    print(f"rolling restart: {len(load.ok)} calls ok, {len(load.errors)} failed")
+    assert load.errors == []
+    assert served_by <= {n.pid for n in nodes}
+
+
+def test_a_frozen_node_is_ejected_quickly_and_taken_back_after_sigcont(serve_node, make_client):
+    nodes = [serve_node("tests.services", ttl=30) for _ in range(3)]   # the lease stays valid
+    client = make_client(timeout=3)
+    wait_until(lambda: len(client.nodes("WorkService")) == 3)
+    frozen = nodes[0]
+    with Load(lambda: client.WorkService.Read(1)) as load:
+        wait_until(lambda: len(load.ok) > 200, timeout=20)
+        frozen.freeze()
+        t_freeze = time.monotonic()
+        wait_until(lambda: time.monotonic() - t_freeze > 6 or load.errors, timeout=8,
+                   interval=0.05, message="6 s of freeze")
+        during = [r for r in load.ok if r[0] > t_freeze]
+        frozen.thaw()
+        t_thaw = time.monotonic()
+        wait_until(lambda: any(r[2] == frozen.pid and r[0] > t_thaw for r in load.ok), timeout=20,
+                   message="the thawed node to get traffic again")
+        back_after = next(r[0] for r in load.ok if r[2] == frozen.pid and r[0] > t_thaw) - t_thaw
+    slow = [r for r in load.ok if r[0] > t_freeze and r[1] > 0.25]
+    print(f"frozen 6 s: {len(during)} calls ok during the freeze, {len(slow)} slow (>250 ms), "
+          f"{len(load.errors)} failed; back in traffic {back_after:.2f}s after SIGCONT")
+    assert load.errors == []
+    assert len(slow) < 100, "calls must stop going to a hung node after a few stalls"
+    assert len(during) > 500, "the other two nodes keep serving"
+
+
+def test_the_callers_deadline_travels_and_a_stale_call_is_skipped(serve_node, make_client):
+    serve_node("tests.services")
+    client = make_client(timeout=5)
+    with pytest.raises(framework.Timeout):
+        client.call("WorkService.Work", [1500], timeout=0.3)
+    # the node keeps going with the calls that still have time
+    assert client.call("WorkService.Work", [1], timeout=2) > 0
