@@ -34,6 +34,8 @@ from .discovery import DEFAULT_PREFIX, Discovery
 from .dispatch import Dispatcher
 from .errors import GoingAway, InternalError, ParseError, ProtocolError
 from .etcd import Etcd, EtcdConfig
+from .httpapi import NodeHttp, sniff
+from .metrics import NodeMetrics
 from .registry import Registration
 from .service import spec_of
 
@@ -124,7 +126,9 @@ class Server:
             Client(discovery=self.discovery, token=token) if self.discovery else None)
         for instance in self.instances:
             instance.client = self.client
-        self.dispatcher = Dispatcher(self.instances, token=token)
+        self.metrics = NodeMetrics(self)
+        self.dispatcher = Dispatcher(self.instances, token=token, observe=self.metrics.observe)
+        self.http = NodeHttp(self)   # GET /healthz, GET /metrics, POST / on the same port
         self.pool = gevent.pool.Pool(max_concurrency)
         self.registration: Optional[Registration] = None
         self.draining = False      # deregistered: still serving during the grace window
@@ -211,17 +215,40 @@ class Server:
 
     # ---- connections -----------------------------------------------------------------------------
 
+    def _sniff(self, sock, peer) -> Optional[bytes]:
+        """Read the connection's first bytes; None when it was HTTP (and has been served as such)."""
+        first = b""
+        while True:
+            try:
+                data = sock.recv(262144)
+            except OSError:
+                return first
+            first += data
+            kind = sniff(first)
+            if kind is None and data:
+                continue
+            if kind:
+                self.http.serve(sock, peer, first)
+                return None
+            return first
+
     def _handle(self, sock, peer) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        first = self._sniff(sock, peer)
+        if first is None:
+            return
         conn = _Conn(sock, peer)
         self._conns.add(conn)
         reader = protocol.FrameReader(self.max_frame)
         try:
             while not conn.closed:
-                try:
-                    data = sock.recv(262144)
-                except OSError:
-                    break
+                if first:
+                    data, first = first, b""
+                else:
+                    try:
+                        data = sock.recv(262144)
+                    except OSError:
+                        break
                 if not data:
                     break
                 try:

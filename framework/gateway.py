@@ -1,0 +1,225 @@
+"""Gateway: the HTTP front door. ``POST /`` JSON-RPC 2.0 -> :class:`framework.Client` -> a live node.
+
+Each call goes through the framework's own client, so the watched cache, load balancing, retries
+(idempotency-aware), ejection of failing nodes and deadlines all apply. Parsing, batches,
+notifications and limits are :mod:`framework.jsonrpc_http`'s; this module decides where calls go
+and what a failure looks like over HTTP:
+
+* ``"Service.method"`` of a service that has no key in the registry -> -32601 (404). The gateway
+  only starts watching services that exist, so made-up names cannot make it open watches (the list
+  of names is re-read from etcd at most every ``names_refresh`` seconds, on a miss);
+* a known service with no live node, or nodes that all failed -> -32010 ServiceUnavailable (503);
+* the deadline passed -> -32002 (504); a node lost mid-call -> -32603 (502);
+* a handler's exception -> -32000 with ``data = {"type", "message"}`` (200: the call was answered).
+
+The per-call deadline is ``timeout`` seconds, or the request's ``meta.timeout_ms`` capped at
+``max_timeout``. ``GET /healthz`` is 200 while serving and 503 once :meth:`Gateway.stop` began;
+``GET /metrics`` is Prometheus text.
+
+The gateway needs a gevent-patched process (``python -m framework gateway`` patches at startup).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import List, Optional, Sequence, Union
+
+import gevent
+import gevent.event
+import gevent.pool
+from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+
+from . import __version__, protocol
+from .client import Client
+from .discovery import DEFAULT_PREFIX
+from .errors import (CommunicationError, EtcdError, InternalError, InvalidParams, InvalidRequest,
+                     MethodNotFound, RemoteError, RpcError, ServiceUnavailable, Timeout,
+                     Unauthorized)
+from .jsonrpc_http import JsonRpcHttp, Limits, respond, serve_post
+from .metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "(unknown)"
+
+
+def outcome_of(exc: Optional[BaseException]) -> str:
+    """The ``outcome`` label of a call that raised ``exc`` (None: it succeeded)."""
+    if exc is None:
+        return "ok"
+    for cls, label in ((MethodNotFound, "not_found"), (InvalidParams, "invalid_params"),
+                       (InvalidRequest, "invalid_request"), (ServiceUnavailable, "unavailable"),
+                       (Timeout, "timeout"), (Unauthorized, "unauthorized"),
+                       (CommunicationError, "connection_lost"), (RemoteError, "error")):
+        if isinstance(exc, cls):
+            return label
+    return "unavailable" if getattr(exc, "not_processed", False) else "error"
+
+
+class Gateway:
+    """Serves JSON-RPC over HTTP for every service in the registry. ``etcd`` as for :class:`Client`."""
+
+    #: seconds between re-reads of the registry's service names, on a miss
+    names_refresh = 0.5
+    #: seconds ``stop`` keeps serving with /healthz at 503, so load balancers stop sending first
+    grace = 0.5
+
+    def __init__(self, etcd: Union[None, str, Sequence[str]] = None, *, prefix: str = DEFAULT_PREFIX,
+                 timeout: float = 5.0, max_timeout: float = 60.0, limits: Limits = Limits(),
+                 token: Optional[str] = None, client: Optional[Client] = None):
+        self.client = client or Client(etcd=etcd, timeout=timeout, prefix=prefix, token=token)
+        self._owns_client = client is None
+        self.timeout = timeout
+        self.max_timeout = max_timeout
+        self.limits = limits
+        self.metrics = GatewayMetrics(self)
+        self.rpc = JsonRpcHttp(self._invoke, limits, statuses={InternalError.code: 502})
+        self.draining = False
+        self._known: set = set()          # services seen in the registry; the only ones called
+        self._names_at = 0.0
+        self._names_lock = threading.Lock()
+        self._server: Optional[WSGIServer] = None
+        self._stopped = gevent.event.Event()
+
+    # ---- routing a call --------------------------------------------------------------------------
+
+    def _exists(self, service: str) -> bool:
+        if service in self._known:
+            return True
+        with self._names_lock:
+            if service in self._known:
+                return True
+            if time.monotonic() - self._names_at < self.names_refresh:
+                return False
+            names = self.client.discovery.services()   # EtcdError propagates: unavailable
+            self._names_at = time.monotonic()
+            self._known.update(names)
+        return service in self._known
+
+    def _deadline(self, req: protocol.Request) -> float:
+        ms = req.meta.get("timeout_ms")
+        if isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms > 0:
+            return min(ms / 1000.0, self.max_timeout)
+        return self.timeout
+
+    def _invoke(self, req: protocol.Request) -> dict:
+        service, _, name = req.method.rpartition(".")
+        labels = (service, name) if service in self._known else (UNKNOWN, UNKNOWN)
+        started = time.monotonic()
+        error: Optional[RpcError] = None
+        self.metrics.started()
+        try:
+            if not service or not name:
+                raise MethodNotFound(f"Method not found: {req.method} (use 'Service.method')")
+            try:
+                exists = self._exists(service)
+            except EtcdError as exc:
+                raise ServiceUnavailable(f"registry unreachable: {exc}") from None
+            if not exists:
+                raise MethodNotFound(f"Method not found: {req.method} "
+                                     f"(no service {service!r} is registered)")
+            labels = (service, name)
+            result = self.client.call(req.method, req.params, timeout=self._deadline(req))
+            return protocol.response(req.id, result)
+        except RpcError as exc:
+            error = exc
+            obj = exc.to_error_object()
+            if "data" not in obj and not isinstance(exc, RemoteError):
+                obj["data"] = {"type": type(exc).__name__}
+            return protocol.error_response(req.id, obj)
+        finally:
+            self.metrics.finished()
+            outcome = outcome_of(error)
+            if outcome in ("not_found", "invalid_request"):
+                labels = (UNKNOWN, UNKNOWN)   # never a label value taken from a bad request
+            self.metrics.observe(labels[0], labels[1], outcome, time.monotonic() - started)
+
+    # ---- HTTP ------------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        return {"status": "draining" if self.draining else "serving", "version": __version__,
+                "services": self.client.discovery.stats()}
+
+    def wsgi(self, environ: dict, start_response) -> List[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/")
+        status = 500
+        try:
+            if path == "/" and method == "POST":
+                status, body = serve_post(self.rpc, environ, start_response)
+                return body
+            if path == "/healthz" and method in ("GET", "HEAD"):
+                status = 503 if self.draining else 200
+                return respond(start_response, status, _json(self.health()),
+                               [("Cache-Control", "no-store")])
+            if path == "/metrics" and method in ("GET", "HEAD"):
+                status = 200
+                body = self.metrics.render()
+                start_response("200 OK", [("Content-Type", self.metrics.content_type),
+                                          ("Content-Length", str(len(body)))])
+                return [body]
+            if path in ("/", "/healthz", "/metrics"):
+                status = 405
+                allow = "POST" if path == "/" else "GET, HEAD"
+                return respond(start_response, 405, _json({"error": f"use {allow}"}),
+                               [("Allow", allow)])
+            status = 404
+            return respond(start_response, 404, _json({"error": f"no route {path}"}))
+        except Exception:  # the traceback goes to the log, never into the response
+            log.exception("HTTP %s %s failed", method, path)
+            status = 500
+            return respond(start_response, 500, _json({"error": "internal error"}),
+                           [("Connection", "close")])
+        finally:
+            self.metrics.http.labels(str(status)).inc()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, host: str = "0.0.0.0", port: int = 8080,
+              max_connections: int = 10000) -> "Gateway":
+        """Listen on ``host:port`` (port 0: any free port; see :attr:`address`)."""
+        self._server = WSGIServer((host, port), self.wsgi, spawn=gevent.pool.Pool(max_connections),
+                                  log=LoggingLogAdapter(logging.getLogger(__name__ + ".access"),
+                                                        logging.DEBUG),
+                                  error_log=LoggingLogAdapter(log, logging.ERROR))
+        self._server.start()
+        log.info("gateway listening on %s:%s", *self.address)
+        return self
+
+    @property
+    def address(self):
+        if self._server is None:
+            raise RuntimeError("gateway not started")
+        return self._server.address[:2]
+
+    def stop(self, grace: Optional[float] = None, drain_timeout: float = 10.0) -> None:
+        """/healthz says 503 for ``grace`` seconds, then stop accepting and finish open requests."""
+        if self.draining:
+            return
+        self.draining = True
+        grace = self.grace if grace is None else grace
+        if grace > 0:
+            gevent.sleep(grace)
+        if self._server is not None:
+            self._server.stop(timeout=drain_timeout)
+        if self._owns_client:
+            self.client.close()
+        self._stopped.set()
+        log.info("gateway stopped")
+
+    def serve_forever(self) -> None:
+        if self._server is None:
+            raise RuntimeError("call start() first")
+        self._stopped.wait()
+
+
+def serve(etcd: Union[None, str, Sequence[str]] = None, host: str = "0.0.0.0", port: int = 8080,
+          **kwargs) -> Gateway:
+    """Build and start a :class:`Gateway` (``kwargs`` as for the constructor). Needs gevent patching."""
+    return Gateway(etcd, **kwargs).start(host, port)
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()

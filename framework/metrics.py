@@ -1,0 +1,156 @@
+"""Metrics: what a node or a gateway did, as Prometheus text for ``GET /metrics``.
+
+Every :class:`~framework.server.Server` and :class:`~framework.gateway.Gateway` owns one
+``CollectorRegistry`` (never the process-global default), so several of them in one process - tests,
+or a gateway next to a node - never mix their numbers.
+
+Counted on the call path (the dispatcher's / gateway's ``observe`` hook):
+
+* ``framework_calls_total{service,method,outcome}`` and
+  ``framework_call_duration_seconds{service,method}`` (histogram) - on a node;
+* ``framework_gateway_calls_total{service,method,outcome}`` and
+  ``framework_gateway_call_duration_seconds{service,method}`` - on a gateway. Names the gateway has
+  never seen registered are counted as ``service="(unknown)"``, so hostile method strings cannot
+  grow the label set.
+
+Read from live state at scrape time (nothing on the call path):
+
+* ``framework_calls_in_flight`` / ``framework_gateway_calls_in_flight``;
+* ``framework_registered`` (1/0), ``framework_registration_grants_total`` (more than 1 means the
+  node re-registered), ``framework_registry_failures_total``, ``framework_draining`` - nodes only;
+* ``framework_discovery_nodes{service}`` and ``framework_discovery_resyncs_total{service}`` from
+  the watched cache (a node's own client, or the gateway's).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+#: RPCs on loopback take well under a millisecond, so the buckets start far below the default 5 ms
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class CallMetrics:
+    """Calls by service/method/outcome, a latency histogram and an in-flight gauge."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry, namespace: str,
+                 in_flight: Optional[Callable[[], float]] = None):
+        self.registry = registry
+        self.calls = Counter(f"{namespace}_calls", "Calls handled, by outcome.",
+                             ("service", "method", "outcome"), registry=registry)
+        self.latency = Histogram(f"{namespace}_call_duration_seconds", "Time spent per call.",
+                                 ("service", "method"), buckets=LATENCY_BUCKETS,
+                                 registry=registry)
+        self.in_flight = Gauge(f"{namespace}_calls_in_flight", "Calls being handled right now.",
+                               registry=registry)
+        if in_flight is not None:
+            self.in_flight.set_function(in_flight)
+        # label lookups take a lock and a dict probe; cache the children for the hot path
+        self._children: Dict[Tuple[str, str, str], Tuple[Any, Any]] = {}
+
+    def observe(self, service: str, method: str, outcome: str, seconds: float) -> None:
+        key = (service, method, outcome)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (self.calls.labels(service, method, outcome), self.latency.labels(service, method))
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _DiscoveryCollector:
+    """Node counts and resyncs of a :class:`~framework.discovery.Discovery`, read at scrape time."""
+
+    def __init__(self, discovery_of: Callable[[], Any]):
+        self.discovery_of = discovery_of
+
+    def collect(self):
+        nodes = GaugeMetricFamily("framework_discovery_nodes",
+                                  "Live nodes in the watched cache.", labels=["service"])
+        resyncs = CounterMetricFamily("framework_discovery_resyncs",
+                                      "Full re-lists of a service after a watch failure.",
+                                      labels=["service"])
+        discovery = self.discovery_of()
+        stats = discovery.stats() if discovery is not None else {}
+        for service, s in sorted(stats.items()):
+            nodes.add_metric([service], s.get("nodes", 0))
+            resyncs.add_metric([service], s.get("resyncs", 0))
+        yield nodes
+        yield resyncs
+
+
+class _NodeCollector:
+    """Registration and lifecycle state of a Server, read at scrape time."""
+
+    def __init__(self, server: Any):
+        self.server = server
+
+    def collect(self):
+        server = self.server
+        reg = server.registration
+        info = GaugeMetricFamily("framework_info", "Framework version and served services.",
+                                 labels=["version", "services"])
+        info.add_metric([__version__, ",".join(s.name for s in server.specs)], 1)
+        yield info
+        yield GaugeMetricFamily("framework_registered",
+                                "1 while the node's keys are in etcd on a live lease.",
+                                value=1 if reg is not None and reg.registered else 0)
+        yield CounterMetricFamily("framework_registration_grants",
+                                  "Leases granted; more than 1 means the node re-registered.",
+                                  value=reg.grants if reg is not None else 0)
+        yield CounterMetricFamily("framework_registry_failures",
+                                  "etcd errors met while keeping the registration alive.",
+                                  value=reg.failures if reg is not None else 0)
+        yield GaugeMetricFamily("framework_draining", "1 once the node began shutting down.",
+                                value=1 if server.draining else 0)
+
+
+def _pool_size(pool: Any) -> float:
+    try:
+        return float(len(pool))
+    except TypeError:
+        return 0.0
+
+
+class NodeMetrics(CallMetrics):
+    """The metrics of one :class:`~framework.server.Server`; ``observe`` is the dispatcher's hook."""
+
+    def __init__(self, server: Any):
+        super().__init__(CollectorRegistry(), "framework",
+                         in_flight=lambda: _pool_size(getattr(server, "pool", None)))
+        self.registry.register(_NodeCollector(server))
+        self.registry.register(_DiscoveryCollector(lambda: getattr(server, "discovery", None)))
+
+
+class GatewayMetrics(CallMetrics):
+    """The metrics of one :class:`~framework.gateway.Gateway`."""
+
+    def __init__(self, gateway: Any):
+        self._in_flight = 0
+        super().__init__(CollectorRegistry(), "framework_gateway",
+                         in_flight=lambda: self._in_flight)
+        self.http = Counter("framework_gateway_http_responses", "HTTP answers, by status code.",
+                            ("status",), registry=self.registry)
+        self.registry.register(_DiscoveryCollector(lambda: gateway.client.discovery))
+
+    def started(self) -> None:
+        self._in_flight += 1
+
+    def finished(self) -> None:
+        self._in_flight -= 1

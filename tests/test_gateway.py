@@ -1,0 +1,359 @@
+"""The HTTP gateway: every example of section 7 of the JSON-RPC 2.0 specification, each limit, and a
+backend that is down - against a real ``python -m framework gateway`` in front of real nodes.
+
+Spec method names are served by ``tests.spec_services.Spec``, so ``"subtract"`` is ``"Spec.subtract"``.
+"""
+import http.client
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from framework.testing import EtcdProcess, NodeProcess, ProcessGroup, wait_until
+
+_LISTENING = re.compile(r"^gateway listening on (\S+):(\d+)")
+
+
+class GatewayProcess:
+    """``python -m framework gateway`` on a free port; ``post``/``get`` talk HTTP to it."""
+
+    def __init__(self, etcd: str, *args: str):
+        self.args = [sys.executable, "-m", "framework", "gateway", "--host", "127.0.0.1",
+                     "--port", "0", "--etcd", etcd, *args]
+        self.proc = None
+        self.port = 0
+
+    def start(self) -> "GatewayProcess":
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        line = self.proc.stdout.readline()   # the process prints this line once it listens
+        m = _LISTENING.match(line)
+        if not m:
+            self.close()
+            raise RuntimeError(f"gateway did not start: {line!r} {self.proc.stderr.read()}")
+        self.port = int(m.group(2))
+        return self
+
+    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 20.0):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def post(self, body, **kw):
+        if not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        status, headers, data = self.request("POST", "/", body, **kw)
+        return status, (json.loads(data) if data else None)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def world():
+    """One etcd, a Spec node, a HelloService node and a gateway in front, shared by the module."""
+    group = ProcessGroup()
+    try:
+        etcd = group.add(EtcdProcess().start())
+        spec = group.add(NodeProcess("tests.spec_services", etcd.endpoint, ttl=3).start())
+        hello = group.add(NodeProcess("tests.services", etcd.endpoint, ttl=3).start())
+        gateway = group.add(GatewayProcess(etcd.endpoint, "--max-body", "65536", "--max-batch",
+                                           "20", "--max-depth", "8").start())
+        yield {"etcd": etcd, "spec": spec, "hello": hello, "gateway": gateway}
+    finally:
+        group.close()
+
+
+@pytest.fixture
+def gw(world):
+    return world["gateway"]
+
+
+def call(method, params=None, id=1):
+    obj = {"jsonrpc": "2.0", "method": method, "id": id}
+    if params is not None:
+        obj["params"] = params
+    return obj
+
+
+# ---- section 7, one example each -----------------------------------------------------------------
+
+def test_positional_parameters(gw):
+    assert gw.post(call("Spec.subtract", [42, 23], 1)) == (
+        200, {"jsonrpc": "2.0", "result": 19, "id": 1})
+    assert gw.post(call("Spec.subtract", [23, 42], 2)) == (
+        200, {"jsonrpc": "2.0", "result": -19, "id": 2})
+
+
+def test_named_parameters(gw):
+    assert gw.post(call("Spec.subtract", {"subtrahend": 23, "minuend": 42}, 3)) == (
+        200, {"jsonrpc": "2.0", "result": 19, "id": 3})
+    assert gw.post(call("Spec.subtract", {"minuend": 42, "subtrahend": 23}, 4)) == (
+        200, {"jsonrpc": "2.0", "result": 19, "id": 4})
+
+
+def test_notifications_get_no_body_but_run(gw):
+    status, headers, body = gw.request(
+        "POST", "/", json.dumps({"jsonrpc": "2.0", "method": "Spec.update", "params": [1, 2, 3, 4, 5]}))
+    assert (status, body) == (204, b"")
+    # a notification of a method that does not exist is not answered either
+    status, _, body = gw.request("POST", "/", json.dumps({"jsonrpc": "2.0", "method": "Spec.foobar"}))
+    assert (status, body) == (204, b"")
+    _, answer = gw.post(call("Spec.notifications", [], 9))
+    assert ["update", [1, 2, 3, 4, 5]] in answer["result"]
+
+
+def test_non_existent_method(gw):
+    for method in ("Spec.foobar", "foobar", "foo.get"):
+        status, answer = gw.post({"jsonrpc": "2.0", "method": method, "id": "1"})
+        assert status == 404, method
+        assert answer["id"] == "1" and answer["error"]["code"] == -32601, answer
+
+
+def test_invalid_json(gw):
+    status, answer = gw.post(b'{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]')
+    assert status == 400
+    assert answer["id"] is None and answer["error"]["code"] == -32700
+
+
+def test_invalid_request_object(gw):
+    status, answer = gw.post({"jsonrpc": "2.0", "method": 1, "params": "bar"})
+    assert status == 400
+    assert answer["id"] is None and answer["error"]["code"] == -32600
+
+
+def test_batch_invalid_json(gw):
+    status, answer = gw.post(b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},'
+                             b'{"jsonrpc": "2.0", "method"]')
+    assert status == 400
+    assert isinstance(answer, dict) and answer["error"]["code"] == -32700 and answer["id"] is None
+
+
+def test_empty_array_is_one_invalid_request(gw):
+    status, answer = gw.post(b"[]")
+    assert status == 400
+    assert isinstance(answer, dict) and answer["error"]["code"] == -32600 and answer["id"] is None
+
+
+def test_invalid_batch_of_one_and_of_three(gw):
+    status, answer = gw.post(b"[1]")
+    assert status == 200
+    assert [(a["id"], a["error"]["code"]) for a in answer] == [(None, -32600)]
+    status, answer = gw.post(b"[1,2,3]")
+    assert [(a["id"], a["error"]["code"]) for a in answer] == [(None, -32600)] * 3
+
+
+def test_mixed_batch(gw):
+    batch = [
+        {"jsonrpc": "2.0", "method": "Spec.sum", "params": [1, 2, 4], "id": "1"},
+        {"jsonrpc": "2.0", "method": "Spec.notify_hello", "params": [7]},
+        {"jsonrpc": "2.0", "method": "Spec.subtract", "params": [42, 23], "id": "2"},
+        {"foo": "boo"},
+        {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
+        {"jsonrpc": "2.0", "method": "Spec.get_data", "id": "9"},
+    ]
+    status, answer = gw.post(batch)
+    assert status == 200
+    by_id = {}
+    for item in answer:
+        by_id.setdefault(item["id"], []).append(item)
+    assert len(answer) == 5  # the notification is left out
+    assert by_id["1"] == [{"jsonrpc": "2.0", "result": 7, "id": "1"}]
+    assert by_id["2"] == [{"jsonrpc": "2.0", "result": 19, "id": "2"}]
+    assert by_id["5"][0]["error"]["code"] == -32601
+    assert by_id["9"] == [{"jsonrpc": "2.0", "result": ["hello", 5], "id": "9"}]
+    assert by_id[None][0]["error"]["code"] == -32600
+
+
+def test_batch_of_notifications_gets_no_body(gw):
+    status, _, body = gw.request("POST", "/", json.dumps([
+        {"jsonrpc": "2.0", "method": "Spec.notify_sum", "params": [1, 2, 4]},
+        {"jsonrpc": "2.0", "method": "Spec.notify_hello", "params": [7]}]))
+    assert (status, body) == (204, b"")
+    _, answer = gw.post(call("Spec.notifications", [], 1))
+    assert ["notify_sum", [1, 2, 4]] in answer["result"]
+
+
+# ---- ids, params, handler errors -----------------------------------------------------------------
+
+@pytest.mark.parametrize("rid", ["abc", "", 0, 7, -3, 2 ** 53 + 1, 1.5, None, "ünï"])
+def test_id_is_echoed_exactly(gw, rid):
+    status, _, body = gw.request("POST", "/", json.dumps(call("Spec.echo_id", ["v"], rid)))
+    answer = json.loads(body)
+    assert status == 200 and answer["result"] == "v"
+    assert answer["id"] == rid and type(answer["id"]) is type(rid)
+
+
+def test_invalid_params(gw):
+    status, answer = gw.post(call("Spec.subtract", [1, 2, 3], 5))
+    assert status == 400 and answer["id"] == 5 and answer["error"]["code"] == -32602
+
+
+def test_handler_exception_is_a_server_error_with_type_and_message(gw):
+    status, answer = gw.post(call("HelloService.Fail", ["boom"], 11))
+    assert status == 200
+    assert answer["id"] == 11
+    error = answer["error"]
+    assert -32099 <= error["code"] <= -32000
+    assert error["message"] == "boom"
+    assert error["data"] == {"type": "ValueError", "message": "boom"}
+
+
+def test_results_json_cannot_carry_are_errors_not_500(gw):
+    for method in ("Spec.binary", "Spec.nan"):
+        status, _, body = gw.request("POST", "/", json.dumps(call(method, [], 1)))
+        answer = json.loads(body)
+        assert status == 502 and answer["error"]["code"] == -32603, (method, answer)
+
+
+# ---- limits ---------------------------------------------------------------------------------------
+
+def test_body_over_limit_is_413_without_reading_it(gw):
+    status, headers, body = gw.request("POST", "/", b" " * 70000)
+    assert status == 413 and json.loads(body)["error"]["code"] == -32600
+    # a declared 64 MB body is refused from its headers: the answer comes back before any body
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    try:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n{")
+        reply = sock.recv(65536)
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 413")
+
+
+def test_chunked_body_over_limit_stops_reading(gw):
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    sent = 0
+    try:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"4000\r\n" + b"[" * 0x4000 + b"\r\n"
+        reply = b""
+        sock.settimeout(0.05)
+        while not reply and sent < 64 * 1024 * 1024:
+            try:
+                sock.sendall(chunk)
+                sent += 0x4000
+                reply = sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        sock.settimeout(10)
+        reply = reply or sock.recv(65536)
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert sent < 4 * 1024 * 1024   # stopped near the 64 KiB limit, not after the whole stream
+
+
+def test_batch_over_limit(gw):
+    status, answer = gw.post([call("Spec.sum", [1], i) for i in range(21)])
+    assert status == 400 and isinstance(answer, dict) and answer["error"]["code"] == -32600
+    status, answer = gw.post([call("Spec.sum", [i], i) for i in range(20)])
+    assert status == 200 and sorted(a["result"] for a in answer) == list(range(20))
+
+
+def test_nesting_over_limit(gw):
+    deep = {"jsonrpc": "2.0", "method": "Spec.echo_id", "id": 1, "params": [[[[[[[[1]]]]]]]]}
+    status, answer = gw.post(deep)
+    assert status == 400 and answer["error"]["code"] == -32700
+    ok = {"jsonrpc": "2.0", "method": "Spec.echo_id", "id": 1, "params": [[[[[1]]]]]}
+    assert gw.post(ok) == (200, {"jsonrpc": "2.0", "id": 1, "result": [[[[1]]]]})
+    status, answer = gw.post(b"[" * 100000 + b"]" * 100000)  # would blow a recursive parser
+    assert status in (400, 413) and answer["error"]["code"] in (-32700, -32600)
+
+
+def test_invalid_utf8_and_non_json_numbers_are_parse_errors(gw):
+    for body in (b'{"jsonrpc": "2.0", "method": "Spec.echo_id", "params": ["\xff\xfe"], "id": 1}',
+                 b'{"jsonrpc": "2.0", "method": "Spec.echo_id", "params": [NaN], "id": 1}',
+                 b"\xef\xbb\xbf", b""):
+        status, answer = gw.post(body)
+        assert status == 400 and answer == {"jsonrpc": "2.0", "id": None, "error": {
+            "code": -32700, "message": answer["error"]["message"]}}, body
+
+
+def test_hostile_requests_never_get_a_500(gw):
+    bodies = [b"null", b"1", b'"x"', b"{}", b'{"jsonrpc":"1.0","method":"Spec.sum","id":1}',
+              b'{"jsonrpc":"2.0","method":"Spec.sum","params":1,"id":1}',
+              b'{"jsonrpc":"2.0","method":"Spec.sum","id":{"a":1}}',
+              b'{"jsonrpc":"2.0","method":"Spec.sum","id":true}',
+              b'{"jsonrpc":"2.0","method":"Spec._private","id":1}',
+              b'{"jsonrpc":"2.0","method":"Spec.__init__","id":1}',
+              b'{"jsonrpc":"2.0","method":"' + b"A" * 5000 + b'.x","id":1}',
+              b'{"jsonrpc":"2.0","method":"Spec.sum","params":["a",1],"id":1}']
+    for body in bodies:
+        status, headers, data = gw.request("POST", "/", body)
+        assert status != 500 and status < 600, body
+        answer = json.loads(data)
+        assert "error" in answer and "Traceback" not in data.decode(), body
+    assert gw.request("GET", "/")[0] == 405
+    assert gw.request("GET", "/nope")[0] == 404
+
+
+# ---- health and metrics ---------------------------------------------------------------------------
+
+def test_healthz_and_metrics(gw):
+    gw.post(call("Spec.subtract", [2, 1], 1))
+    gw.post(call("Nope.nothing", [], 1))
+    status, headers, body = gw.request("GET", "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "serving"
+    status, headers, body = gw.request("GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    ok = re.search(r'framework_gateway_calls_total\{method="subtract",outcome="ok",'
+                   r'service="Spec"\} (\d+)', text)
+    assert ok and int(float(ok.group(1))) >= 1
+    assert 'service="(unknown)"' in text and "Nope" not in text   # no labels from bad names
+    assert 'framework_discovery_nodes{service="Spec"} 1.0' in text
+    assert "framework_gateway_call_duration_seconds_bucket" in text
+
+
+# ---- a backend that is down -----------------------------------------------------------------------
+
+def test_backend_down_is_503_with_a_json_rpc_error(etcd, processes):
+    node = processes.add(NodeProcess("tests.services", etcd.endpoint, ttl=2).start())
+    gw = processes.add(GatewayProcess(etcd.endpoint, "--timeout", "2").start())
+    assert gw.post(call("HelloService.Hello", ["x"], 1)) == (
+        200, {"jsonrpc": "2.0", "id": 1, "result": "hello:x"})
+    node.kill()   # SIGKILL: still registered until its lease expires
+    started = time.monotonic()
+    status, answer = gw.post(call("HelloService.Hello", ["x"], 2))
+    assert status == 503 and answer["error"]["code"] == -32010 and answer["id"] == 2
+    assert time.monotonic() - started < 5
+    # once the lease expired there is no node at all: same answer, at once
+    wait_until(lambda: gw.post(call("HelloService.Hello", ["x"], 3))[1]["error"]["message"]
+               .startswith("no live node"), timeout=15, interval=0.2, message="lease expiry")
+    started = time.monotonic()
+    status, answer = gw.post(call("HelloService.Hello", ["x"], 4))
+    assert (status, answer["error"]["code"]) == (503, -32010)
+    assert time.monotonic() - started < 1.0
+    # a batch says it per member, with 200 for the batch itself
+    status, answer = gw.post([call("HelloService.Hello", ["x"], 5)])
+    assert status == 200 and answer[0]["error"]["code"] == -32010
+    # and the gateway recovers by itself when a node comes back
+    processes.add(NodeProcess("tests.services", etcd.endpoint, ttl=2).start())
+    wait_until(lambda: gw.post(call("HelloService.Hello", ["y"], 6))[0] == 200, timeout=10,
+               interval=0.05, message="gateway sees the new node")
+
+
+def test_sigterm_drains_with_healthz_503_then_exits_0(etcd, processes):
+    processes.add(NodeProcess("tests.services", etcd.endpoint, ttl=3).start())
+    gw = processes.add(GatewayProcess(etcd.endpoint, "--grace", "3").start())
+    assert gw.request("GET", "/healthz")[0] == 200
+    gw.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: gw.request("GET", "/healthz")[0] == 503, timeout=5, interval=0.02,
+               message="/healthz 503 while draining")
+    # still answering calls while load balancers notice
+    assert gw.post(call("HelloService.Hello", ["z"], 1))[0] == 200
+    assert gw.proc.wait(timeout=20) == 0
