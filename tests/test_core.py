@@ -230,3 +230,81 @@ def test_sigterm_deregisters_at_once_drains_and_exits_zero(etcd, serve_node, mak
     print(f"deregistered node left the cache after {(time.monotonic() - sent)*1000:.0f} ms")
     assert leave.wait(15) == 0
     assert f"/services/HelloService/{leave.address}" not in records(etcd.endpoint)
+
+
+def test_a_node_bound_to_all_interfaces_advertises_a_reachable_address(serve_node, make_client):
+    node = serve_node("tests.services", host="0.0.0.0")
+    assert not node.address.startswith("0.0.0.0")
+    client = make_client()
+    assert client.nodes("HelloService") == [node.address]
+    assert client.HelloService.Hello("any") == "hello:any"
+
+
+def test_no_registry_at_first_use_is_service_unavailable_not_a_hang(processes):
+    from framework.devetcd import free_port
+    client = processes.add(framework.Client(etcd=f"127.0.0.1:{free_port()}", timeout=0.5))
+    started = time.monotonic()
+    with pytest.raises(framework.ServiceUnavailable):
+        client.HelloService.Hello("x")
+    assert time.monotonic() - started < 2.0
+
+
+def test_etcd_endpoints_come_from_the_environment_by_default(etcd, serve_node, monkeypatch):
+    node = serve_node("tests.services")
+    monkeypatch.setenv("ETCD_ENDPOINTS", f"127.0.0.1:1,{etcd.endpoint}")   # a dead member first
+    with framework.Client(timeout=5) as client:
+        assert client.HelloService.Hello("env") == "hello:env"
+        assert client.nodes("HelloService") == [node.address]
+
+
+def _etcd_metric(endpoint, name):
+    text = urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_one_watch_serves_a_service_however_many_threads_call_it(etcd, serve_node, make_client):
+    serve_node("tests.services")
+    client = make_client()
+    baseline = _etcd_metric(etcd.endpoint, "etcd_debugging_mvcc_watcher_total")
+    errors = []
+
+    def work():
+        proxy = client.HelloService
+        for _ in range(20):
+            try:
+                proxy.Hello("x")
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # etcd's own count of watchers: exactly one more, for HelloService
+    wait_until(lambda: _etcd_metric(etcd.endpoint, "etcd_debugging_mvcc_watcher_total") == baseline + 1)
+
+
+def test_dev_etcd_command_runs_a_usable_etcd(tmp_path, processes):
+    import subprocess
+    import sys
+    from framework.devetcd import free_port
+    port, peer = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "framework", "etcd", "--data-dir",
+                             str(tmp_path / "d"), "--port", str(port), "--peer-port", str(peer)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    processes.add(type("Kill", (), {"close": lambda self: proc.kill()})())
+    wait_until(lambda: Etcd(f"127.0.0.1:{port}").get_prefix("/") if _up(port) else None, timeout=20)
+    Etcd(f"127.0.0.1:{port}").put("/x", "y")
+    assert Etcd(f"127.0.0.1:{port}").get_prefix("/x")[1][0].value == b"y"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+def _up(port):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+        return True
+    except OSError:
+        return False
