@@ -179,7 +179,7 @@ def _jsonable(value: Any) -> Any:
 
 def cmd_call(args) -> int:
     from .client import Client
-    from .errors import MethodNotFound, RpcError, Timeout
+    from .errors import RpcError, ServiceUnavailable, Timeout
 
     service, _, name = args.method.rpartition(".")
     if not service or not name:
@@ -202,12 +202,11 @@ def cmd_call(args) -> int:
         return _fail(exc, args.debug)
     try:
         result = client.call(args.method, params)
-    except Timeout as exc:
+    except (Timeout, ServiceUnavailable) as exc:
         if not client.discovery.ready(service):
             # the first list never came back: say so, rather than blame the service
-            return _fail(type(exc)(f"etcd did not answer within {args.timeout}s "
-                                   f"(endpoints: {', '.join(client.discovery.etcd.endpoints)})"),
-                         args.debug, f"{args.method}: ")
+            exc = ServiceUnavailable(f"etcd did not answer within {args.timeout}s (endpoints: "
+                                     f"{', '.join(client.discovery.etcd.endpoints)})")
         return _fail(exc, args.debug, f"{args.method}: ")
     except RpcError as exc:
         return _fail(exc, args.debug, f"{args.method}: ")
@@ -364,7 +363,7 @@ def _common(parser: argparse.ArgumentParser, top: bool = False) -> None:
     default = None if top else argparse.SUPPRESS
     parser.add_argument("--log-level", default=default, metavar="LEVEL",
                         help="debug, info, warning or error (default $LOG_LEVEL, else info for "
-                        "serve/gateway/etcd and warning for call/ls/watch)")
+                        "serve/gateway/etcd, warning for ls/watch, error for call)")
     parser.add_argument("--log-format", default=default, choices=("text", "json"),
                         help="text (default) or json: one JSON object per log line")
 
@@ -476,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default 5)")
     c.add_argument("--pretty", action="store_true", help="indent the JSON result")
     c.add_argument("--debug", action="store_true", help="print a traceback on failure")
-    c.set_defaults(func=cmd_call, default_level="warning")
+    # the one-line error says what failed; retry warnings from the client would only bury it
+    c.set_defaults(func=cmd_call, default_level="error")
 
     ls = sub.add_parser("ls", help="list services, their nodes, addresses and metadata",
                         description="List what is registered in etcd now: each service, its "

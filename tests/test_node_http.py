@@ -1,0 +1,189 @@
+"""Every node speaks HTTP on its RPC port: /healthz, /metrics and POST / JSON-RPC, next to msgpack.
+
+Real node processes, real etcd, real sockets; metrics are read back as Prometheus text.
+"""
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import framework
+from framework.testing import wait_until
+
+
+def get_http(address, method, path, body=None, headers=None, timeout=20.0):
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def metrics(address) -> dict:
+    """{(sample name, frozenset(labels)): value} from the node's /metrics."""
+    status, headers, body = get_http(address, "GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def sample(values, name, **labels):
+    return values.get((name, frozenset(labels.items())))
+
+
+def post(address, obj, headers=None):
+    body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    status, _, data = get_http(address, "POST", "/", body, headers)
+    return status, (json.loads(data) if data else None)
+
+
+def test_healthz_and_metrics_after_real_calls(serve_node, make_client):
+    node = serve_node("tests.services")
+    client = make_client()
+    for word in ("a", "b", "c"):
+        assert client.HelloService.Hello(word) == "hello:" + word
+    with pytest.raises(framework.RemoteError):
+        client.HelloService.Fail("boom")
+    with pytest.raises(framework.InvalidParams):
+        client.HelloService.Pid(1, 2)
+
+    status, headers, body = get_http(node.address, "GET", "/healthz")
+    health = json.loads(body)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert health["status"] == "serving" and "HelloService" in health["services"]
+    assert health["registered"] is True and health["address"] == node.address
+
+    m = metrics(node.address)
+    base = dict(service="HelloService")
+    assert sample(m, "framework_calls_total", method="Hello", outcome="ok", **base) == 3
+    assert sample(m, "framework_calls_total", method="Fail", outcome="error", **base) == 1
+    assert sample(m, "framework_calls_total", method="Pid", outcome="invalid_params", **base) == 1
+    assert sample(m, "framework_call_duration_seconds_count", method="Hello", **base) == 3
+    assert 0 < sample(m, "framework_call_duration_seconds_sum", method="Hello", **base) < 1
+    assert sample(m, "framework_calls_in_flight") == 0
+    assert sample(m, "framework_registered") == 1
+    assert sample(m, "framework_registration_grants_total") == 1
+    assert sample(m, "framework_draining") == 0
+    # HEAD works where GET does; other methods and paths are refused in JSON, never a 500
+    assert get_http(node.address, "HEAD", "/healthz")[0] == 200
+    assert get_http(node.address, "GET", "/")[0] == 405
+    assert get_http(node.address, "GET", "/nope")[0] == 404
+
+
+def test_in_flight_gauge_counts_running_calls(serve_node, make_client):
+    node = serve_node("tests.services")
+    client = make_client(timeout=20)
+    results = []
+    callers = [threading.Thread(target=lambda: results.append(client.HelloService.Sleep(2.0)))
+               for _ in range(3)]
+    for t in callers:
+        t.start()
+    wait_until(lambda: sample(metrics(node.address), "framework_calls_in_flight") == 3,
+               timeout=10, interval=0.05, message="3 calls in flight")
+    for t in callers:
+        t.join(20)
+    assert len(results) == 3
+    assert sample(metrics(node.address), "framework_calls_in_flight") == 0
+
+
+def test_post_json_rpc_to_a_node(serve_node, make_client):
+    node = serve_node("tests.services")
+    addr = node.address
+    assert post(addr, {"jsonrpc": "2.0", "id": 1, "method": "HelloService.Hello",
+                       "params": ["curl"]}) == (200, {"jsonrpc": "2.0", "id": 1, "result": "hello:curl"})
+    assert post(addr, {"jsonrpc": "2.0", "id": "n", "method": "HelloService.Echo",
+                       "params": {"a": 1}}) == (
+        200, {"jsonrpc": "2.0", "id": "n", "result": {"args": [], "kwargs": {"a": 1}}})
+    status, answer = post(addr, {"jsonrpc": "2.0", "id": 2, "method": "HelloService.Fail",
+                                 "params": ["bad"]})
+    assert status == 200 and answer["error"] == {
+        "code": -32000, "message": "bad", "data": {"type": "ValueError", "message": "bad"}}
+    status, answer = post(addr, {"jsonrpc": "2.0", "id": 3, "method": "HelloService._private"})
+    assert status == 404 and answer["error"]["code"] == -32601
+    assert post(addr, b'{"jsonrpc"')[1]["error"]["code"] == -32700
+    assert post(addr, {"jsonrpc": "2.0", "method": "HelloService.Hello", "params": ["n"]}) == (204, None)
+    status, answer = post(addr, [{"jsonrpc": "2.0", "id": 1, "method": "HelloService.Hello",
+                                  "params": ["b"]}, 5,
+                                 {"jsonrpc": "2.0", "method": "HelloService.Hello", "params": ["x"]}])
+    assert status == 200 and answer[0]["result"] == "hello:b" and answer[1]["error"]["code"] == -32600
+    assert len(answer) == 2
+    status, answer = post(addr, b"x" * (2 * 1024 * 1024))
+    assert status == 413
+    # the msgpack protocol on the same port is untouched by all of that
+    assert make_client().HelloService.Hello("mp") == "hello:mp"
+    m = metrics(addr)
+    assert sample(m, "framework_calls_total", service="HelloService", method="Hello",
+                  outcome="ok") == 5   # 1 call + 1 notification, 2 in the batch, 1 msgpack
+
+
+def test_sniffing_waits_for_split_first_bytes_and_leaves_garbage_to_msgpack(serve_node, make_client):
+    node = serve_node("tests.services")
+    host, _, port = node.address.rpartition(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"GE")
+        time.sleep(0.05)   # pacing, not a condition: the two writes must arrive as two segments
+        sock.sendall(b"T /healthz HTTP/1.0\r\n\r\n")
+        reply = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 200") and b'"status":"serving"' in reply
+    # bytes that are neither HTTP nor a sane frame: the msgpack side refuses them, the node lives on
+    garbage = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        garbage.sendall(b"\xff\xff\xff\xffnot a frame")
+        assert garbage.recv(65536) != b"HTTP"  # an error frame, or a close
+    finally:
+        garbage.close()
+    assert get_http(node.address, "GET", "/healthz")[0] == 200
+    assert make_client().HelloService.Hello("still") == "hello:still"
+
+
+def test_healthz_is_503_while_draining_then_the_node_exits_0(serve_node, make_client):
+    node = serve_node("tests.services", extra_args=["--grace", "3"])
+    client = make_client()
+    assert client.HelloService.Hello("x") == "hello:x"
+    node.terminate()
+    wait_until(lambda: get_http(node.address, "GET", "/healthz")[0] == 503, timeout=5, interval=0.02,
+               message="/healthz 503 during the grace window")
+    status, _, body = get_http(node.address, "GET", "/healthz")
+    assert json.loads(body)["status"] == "draining"
+    assert sample(metrics(node.address), "framework_draining") == 1
+    # deregistered first: callers stop choosing it while it still answers
+    wait_until(lambda: client.nodes("HelloService") == [], timeout=5, message="deregistered")
+    assert node.wait(timeout=30) == 0
+
+
+def test_lease_regrant_shows_in_metrics(serve_node, make_client):
+    node = serve_node("tests.services", ttl=2)
+    client = make_client()
+    wait_until(lambda: client.nodes("HelloService") == [node.address], message="registered")
+    node.freeze()   # SIGSTOP past the TTL: the lease expires, the key goes away
+    try:
+        wait_until(lambda: client.nodes("HelloService") == [], timeout=15, interval=0.05,
+                   message="lease expiry while frozen")
+    finally:
+        node.thaw()
+    wait_until(lambda: sample(metrics(node.address), "framework_registration_grants_total") == 2,
+               timeout=15, interval=0.05, message="a second lease granted")
+    m = metrics(node.address)
+    assert sample(m, "framework_registered") == 1
+    wait_until(lambda: client.nodes("HelloService") == [node.address], timeout=10,
+               message="registered again")
