@@ -24,10 +24,12 @@ Read from live state at scrape time (nothing on the call path):
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
@@ -41,34 +43,63 @@ LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class _CallStats:
+    """Per (service, method): calls by outcome, and latency as bucket counts plus a sum."""
+
+    __slots__ = ("outcomes", "buckets", "total")
+
+    def __init__(self):
+        self.outcomes: Dict[str, int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)   # the last one is +Inf
+        self.total = 0.0
+
+
 class CallMetrics:
-    """Calls by service/method/outcome, a latency histogram and an in-flight gauge."""
+    """Calls by service/method/outcome, a latency histogram and an in-flight gauge.
+
+    ``observe`` runs on every call, so it only bumps plain numbers (about 1 us; prometheus-client's
+    own ``Counter.inc`` + ``Histogram.observe`` cost 6-9 us, mostly locks); the Prometheus
+    families are built from them at scrape time. It relies on the one OS thread of a gevent
+    process: under real threads, concurrent calls could lose an increment, never corrupt one.
+    """
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, registry: CollectorRegistry, namespace: str,
                  in_flight: Optional[Callable[[], float]] = None):
         self.registry = registry
-        self.calls = Counter(f"{namespace}_calls", "Calls handled, by outcome.",
-                             ("service", "method", "outcome"), registry=registry)
-        self.latency = Histogram(f"{namespace}_call_duration_seconds", "Time spent per call.",
-                                 ("service", "method"), buckets=LATENCY_BUCKETS,
-                                 registry=registry)
+        self.namespace = namespace
+        self._stats: Dict[Tuple[str, str], _CallStats] = {}
         self.in_flight = Gauge(f"{namespace}_calls_in_flight", "Calls being handled right now.",
                                registry=registry)
         if in_flight is not None:
             self.in_flight.set_function(in_flight)
-        # label lookups take a lock and a dict probe; cache the children for the hot path
-        self._children: Dict[Tuple[str, str, str], Tuple[Any, Any]] = {}
+        registry.register(self)
 
     def observe(self, service: str, method: str, outcome: str, seconds: float) -> None:
-        key = (service, method, outcome)
-        pair = self._children.get(key)
-        if pair is None:
-            pair = (self.calls.labels(service, method, outcome), self.latency.labels(service, method))
-            self._children[key] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        stats = self._stats.get((service, method))
+        if stats is None:
+            stats = self._stats.setdefault((service, method), _CallStats())
+        outcomes = stats.outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        stats.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        stats.total += seconds
+
+    def collect(self):
+        calls = CounterMetricFamily(f"{self.namespace}_calls", "Calls handled, by outcome.",
+                                    labels=["service", "method", "outcome"])
+        latency = HistogramMetricFamily(f"{self.namespace}_call_duration_seconds",
+                                        "Time spent per call.", labels=["service", "method"])
+        for (service, method), stats in sorted(self._stats.items()):
+            for outcome, n in sorted(stats.outcomes.items()):
+                calls.add_metric([service, method, outcome], n)
+            cumulative, running = [], 0
+            for bound, n in zip(LATENCY_BUCKETS + (float("inf"),), stats.buckets):
+                running += n
+                cumulative.append((floatToGoString(bound), running))
+            latency.add_metric([service, method], cumulative, stats.total)
+        yield calls
+        yield latency
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
