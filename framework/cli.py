@@ -143,7 +143,8 @@ def cmd_gateway(args) -> int:
 
     limits = Limits(max_body=args.max_body, max_batch=args.max_batch, max_depth=args.max_depth)
     gateway = Gateway(args.etcd, prefix=args.prefix, timeout=args.timeout,
-                      max_timeout=args.max_timeout, limits=limits)
+                      max_timeout=args.max_timeout, limits=limits,
+                      token=args.token or os.environ.get("FRAMEWORK_TOKEN") or None)
     gateway.grace = args.grace
     try:
         gateway.start(args.host, args.port, max_connections=args.max_connections)
@@ -453,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent HTTP connections (default 10000)")
     g.add_argument("--grace", type=float, default=0.5,
                    help="on SIGTERM, seconds /healthz says 503 before the port closes (default 0.5)")
+    g.add_argument("--token", default=None,
+                   help="shared token sent to the nodes on every call ($FRAMEWORK_TOKEN)")
     g.set_defaults(func=cmd_gateway, default_level="info")
 
     c = sub.add_parser("call", help="call Service.method once and print the JSON result",
