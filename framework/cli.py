@@ -86,9 +86,35 @@ def _fail(exc: BaseException, debug: bool, context: str = "") -> int:
     return _exit_code(exc)
 
 
-def _etcd_client(args):
+def etcd_config(args):
+    """The EtcdConfig of the ``--etcd*`` flags (see ``_registry``); environment variables fill gaps."""
     from .etcd import EtcdConfig
-    return EtcdConfig.coerce(args.etcd).client()
+    return EtcdConfig.from_env(endpoints=args.etcd, ca=args.etcd_ca, cert=args.etcd_cert,
+                               key=args.etcd_key, username=args.etcd_user,
+                               password=args.etcd_password)
+
+
+def _etcd_client(args):
+    return etcd_config(args).client()
+
+
+def rpc_security_options(args) -> dict:
+    """Server keyword arguments for TLS on the RPC port and the shared call token (both off unless
+    given)."""
+    from .transport import client_tls_context, server_tls_context
+    options: dict = {"token": args.token or os.environ.get("FRAMEWORK_TOKEN") or None}
+    if args.tls_cert:
+        options["tls"] = server_tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if args.tls_ca:
+        options["client_tls"] = client_tls_context(args.tls_ca)
+    return options
+
+
+def limit_options(args) -> dict:
+    """Server keyword arguments for the limits given on the command line (others keep defaults)."""
+    names = ("max_concurrency", "max_conn_in_flight", "max_connections", "frame_timeout",
+             "max_frame")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def cmd_serve(args) -> int:
@@ -103,8 +129,9 @@ def cmd_serve(args) -> int:
     if not services:
         print(f"error: no @framework.service class defined in {args.module}", file=sys.stderr)
         return 2
-    server = Server(services, host=args.host, port=args.port, etcd=args.etcd, ttl=args.ttl,
-                    prefix=args.prefix, advertise=args.advertise)
+    server = Server(services, host=args.host, port=args.port, etcd=etcd_config(args), ttl=args.ttl,
+                    prefix=args.prefix, advertise=args.advertise, **rpc_security_options(args),
+                    **limit_options(args))
     if args.grace is not None:
         server.grace = args.grace
     if args.drain_timeout is not None:
@@ -142,7 +169,7 @@ def cmd_gateway(args) -> int:
     from .jsonrpc_http import Limits
 
     limits = Limits(max_body=args.max_body, max_batch=args.max_batch, max_depth=args.max_depth)
-    gateway = Gateway(args.etcd, prefix=args.prefix, timeout=args.timeout,
+    gateway = Gateway(etcd_config(args), prefix=args.prefix, timeout=args.timeout,
                       max_timeout=args.max_timeout, limits=limits,
                       token=args.token or os.environ.get("FRAMEWORK_TOKEN") or None)
     gateway.grace = args.grace
@@ -198,7 +225,7 @@ def cmd_call(args) -> int:
         return EXIT_USAGE
     params = named if named else [_arg(a) for a in args.args]
     try:
-        client = Client(etcd=args.etcd, timeout=args.timeout, prefix=args.prefix)
+        client = Client(etcd=etcd_config(args), timeout=args.timeout, prefix=args.prefix)
     except (ValueError, RpcError) as exc:
         return _fail(exc, args.debug)
     try:
@@ -374,6 +401,15 @@ def _registry(parser: argparse.ArgumentParser) -> None:
                         help="etcd endpoints, comma-separated (default $ETCD_ENDPOINTS or "
                         "127.0.0.1:2379; TLS and auth from $ETCD_CA, $ETCD_CERT, $ETCD_KEY, "
                         "$ETCD_USER, $ETCD_PASSWORD)")
+    parser.add_argument("--etcd-ca", default=None, metavar="PEM",
+                        help="CA that signed etcd's server certificate; turns TLS on ($ETCD_CA)")
+    parser.add_argument("--etcd-cert", default=None, metavar="PEM",
+                        help="client certificate for etcd --client-cert-auth ($ETCD_CERT)")
+    parser.add_argument("--etcd-key", default=None, metavar="PEM",
+                        help="key of --etcd-cert ($ETCD_KEY)")
+    parser.add_argument("--etcd-user", default=None, help="etcd user name ($ETCD_USER)")
+    parser.add_argument("--etcd-password", default=None,
+                        help="etcd password ($ETCD_PASSWORD; prefer the variable: flags show in ps)")
     parser.add_argument("--prefix", default="/services/",
                         help="registry key prefix (default /services/)")
 
@@ -422,6 +458,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to keep serving after deregistering (default 0.5)")
     s.add_argument("--drain-timeout", type=float, default=None,
                    help="longest wait for calls in flight at shutdown (default 10)")
+    s.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="serve the RPC port over TLS with this certificate (off by default)")
+    s.add_argument("--tls-key", default=None, metavar="PEM", help="key of --tls-cert")
+    s.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                   help="also require client certificates signed by this CA (mutual TLS)")
+    s.add_argument("--tls-ca", default=None, metavar="PEM",
+                   help="CA to verify other nodes' certificates when this node calls them")
+    s.add_argument("--token", default=None,
+                   help="require this shared token on every call ($FRAMEWORK_TOKEN; off by default)")
+    s.add_argument("--max-concurrency", type=int, default=None,
+                   help="calls in flight on this node (default 1000)")
+    s.add_argument("--max-conn-in-flight", type=int, default=None,
+                   help="calls in flight per connection (default 256)")
+    s.add_argument("--max-connections", type=int, default=None,
+                   help="open connections at once (default 10000)")
+    s.add_argument("--frame-timeout", type=float, default=None,
+                   help="seconds to finish a TLS handshake, the first bytes or a begun frame "
+                   "(default 30)")
+    s.add_argument("--max-frame", type=int, default=None,
+                   help="largest frame body accepted, in bytes (default 8 MiB)")
     s.set_defaults(func=cmd_serve, default_level="info")
 
     g = sub.add_parser("gateway", help="HTTP JSON-RPC 2.0 front door to every registered service",

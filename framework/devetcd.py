@@ -186,8 +186,9 @@ class EtcdProcess:
         """``/v3/maintenance/status`` of this member: ``member_id``, ``leader``, ``raftTerm``..."""
         out = self.etcdctl("endpoint", "status", "-w", "json")
         status = json.loads(out)[0]["Status"]
-        return {"member_id": status["header"]["member_id"], "leader": status["leader"],
-                "revision": status["header"]["revision"]}
+        # etcdctl omits zero fields: no "leader" while an election is under way
+        return {"member_id": status["header"].get("member_id", 0), "leader": status.get("leader", 0),
+                "revision": status["header"].get("revision", 0)}
 
     def is_leader(self) -> bool:
         st = self.status()

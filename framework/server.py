@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -59,21 +60,27 @@ def primary_address() -> str:
 class _Conn:
     """Server side of one client connection."""
 
-    __slots__ = ("sock", "peer", "out", "flushing", "in_flight", "closed", "idle")
+    __slots__ = ("sock", "peer", "out", "out_bytes", "flushing", "drained", "in_flight", "closed",
+                 "idle", "slots")
 
-    def __init__(self, sock, peer):
+    def __init__(self, sock, peer, max_in_flight: int = 1 << 30):
         self.sock = sock
         self.peer = peer
         self.out: List[bytes] = []
+        self.out_bytes = 0          # queued or being written; bounded by throttle()
         self.flushing = False
+        self.drained = gevent.event.Event()
         self.in_flight = 0
         self.closed = False
         self.idle = gevent.event.Event()
         self.idle.set()
+        # the per-connection in-flight cap: the reader takes a slot per request, the call frees it
+        self.slots = gevent.lock.BoundedSemaphore(max_in_flight)
 
     def send(self, frame: bytes) -> None:
         # Coalesce: the first writer flushes everything queued while it was blocked in sendall.
         self.out.append(frame)
+        self.out_bytes += len(frame)
         if self.flushing:
             return
         self.flushing = True
@@ -82,10 +89,20 @@ class _Conn:
                 chunk = b"".join(self.out) if len(self.out) > 1 else self.out[0]
                 self.out.clear()
                 self.sock.sendall(chunk)
+                self.out_bytes -= len(chunk)
+                self.drained.set()
         except OSError:
             self.closed = True
         finally:
             self.flushing = False
+            self.drained.set()
+
+    def throttle(self, limit: int) -> None:
+        """Wait while more than ``limit`` bytes are queued for a peer that does not read: the call
+        keeps its in-flight slot meanwhile, so the reader stops and memory stays bounded."""
+        while self.flushing and self.out_bytes > limit and not self.closed:
+            self.drained.clear()
+            self.drained.wait()
 
 
 class Server:
@@ -97,6 +114,16 @@ class Server:
 
     #: seconds to keep serving after deregistration, for callers that have not seen it yet
     grace = 0.5
+    #: calls in flight per connection; the reader stops reading that socket at the cap, so one
+    #: connection cannot take the whole pool (``max_concurrency`` is the per-node cap)
+    max_conn_in_flight = 256
+    #: accepted connections at once; past it the node stops accepting (the kernel backlog queues)
+    max_connections = 10000
+    #: seconds a peer gets to finish a TLS handshake, its first bytes, or a frame it has begun
+    #: (slow senders and half-open connections are closed after it; idle ones between frames are not)
+    frame_timeout = 30.0
+    #: response bytes queued for one connection before its handlers wait for the peer to read
+    max_pending_output = 8 * 1024 * 1024
     #: upper bound on waiting for in-flight calls during stop
     drain_timeout = 10.0
 
@@ -105,7 +132,10 @@ class Server:
                  prefix: str = DEFAULT_PREFIX, advertise: Optional[str] = None,
                  max_concurrency: int = 1000, max_frame: int = protocol.MAX_FRAME,
                  token: Optional[str] = None, metadata: Optional[dict] = None,
-                 etcd_client: Optional[Etcd] = None):
+                 etcd_client: Optional[Etcd] = None, tls: Optional[ssl.SSLContext] = None,
+                 client_tls: Optional[ssl.SSLContext] = None,
+                 max_conn_in_flight: Optional[int] = None, max_connections: Optional[int] = None,
+                 frame_timeout: Optional[float] = None):
         if not services:
             raise ValueError("Server needs at least one service class")
         self.specs = [spec_of(cls) for cls in services]
@@ -116,6 +146,17 @@ class Server:
         self.max_frame = max_frame
         self.token = token
         self.metadata = dict(metadata or {})
+        # tls: server-side context for the RPC port (see transport.server_tls_context);
+        # client_tls: how this node's own client (self.client) verifies the nodes it calls
+        self.tls = tls
+        if tls is not None:
+            self.metadata.setdefault("tls", True)
+        if max_conn_in_flight is not None:
+            self.max_conn_in_flight = max_conn_in_flight
+        if max_connections is not None:
+            self.max_connections = max_connections
+        if frame_timeout is not None:
+            self.frame_timeout = frame_timeout
         self.etcd: Optional[Etcd] = None
         if etcd is not False:
             self.etcd = etcd_client or EtcdConfig.coerce(etcd).client()
@@ -123,7 +164,8 @@ class Server:
             Discovery(self.etcd, self.prefix) if self.etcd is not None else None)
         self.instances = [spec.cls() for spec in self.specs]
         self.client: Optional[Client] = (
-            Client(discovery=self.discovery, token=token) if self.discovery else None)
+            Client(discovery=self.discovery, token=token, tls=client_tls)
+            if self.discovery else None)
         for instance in self.instances:
             instance.client = self.client
         self.metrics = NodeMetrics(self)
@@ -164,7 +206,9 @@ class Server:
                 "version": __version__, "started": self.started_at, **self.metadata}
 
     def start(self) -> "Server":
-        self._server = StreamServer((self.host, self.port), self._handle)
+        # a bounded spawn pool: at max_connections the server stops accepting until one closes
+        self._server = StreamServer((self.host, self.port), self._handle,
+                                    spawn=gevent.pool.Pool(self.max_connections))
         self._server.start()
         self.started_at = round(time.time(), 3)
         log.info("serving %s on %s:%s", ", ".join(s.name for s in self.specs), *self.address)
@@ -232,25 +276,61 @@ class Server:
                 return None
             return first
 
-    def _handle(self, sock, peer) -> None:
+    def _accept(self, sock, peer):
+        """Socket options, then the TLS handshake when the port is TLS; None when it failed."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        first = self._sniff(sock, peer)
-        if first is None:
+        # a peer that vanished without a FIN (power loss, blackhole) is found by TCP keepalive
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+            if hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+        # the first bytes (and the handshake) must come within frame_timeout: idle floods expire
+        sock.settimeout(self.frame_timeout)
+        if self.tls is None:
+            return sock
+        try:
+            return self.tls.wrap_socket(sock, server_side=True)
+        except (OSError, ValueError) as exc:
+            log.info("TLS handshake with %s failed: %s", peer[0], exc)
+            sock.close()
+            return None
+
+    def _handle(self, sock, peer) -> None:
+        sock = self._accept(sock, peer)
+        if sock is None:
             return
-        conn = _Conn(sock, peer)
+        first = self._sniff(sock, peer)
+        if not first:  # served as HTTP, or closed / silent for frame_timeout before a byte came
+            if first is not None:
+                sock.close()
+            return
+        conn = _Conn(sock, peer, self.max_conn_in_flight)
         self._conns.add(conn)
         reader = protocol.FrameReader(self.max_frame)
+        frame_began = time.monotonic()
         try:
             while not conn.closed:
                 if first:
                     data, first = first, b""
                 else:
+                    # between frames a connection may idle for ever; inside one it has
+                    # frame_timeout in all to finish it (a slow sender cannot pin memory)
+                    if reader.buffered:
+                        sock.settimeout(max(0.001, frame_began + self.frame_timeout
+                                            - time.monotonic()))
+                    else:
+                        sock.settimeout(None)
                     try:
                         data = sock.recv(262144)
-                    except OSError:
+                    except OSError as exc:
+                        if isinstance(exc, socket.timeout):
+                            log.info("closing connection from %s: frame not finished in %ss",
+                                     peer[0], self.frame_timeout)
                         break
                 if not data:
                     break
+                if not reader.buffered:
+                    frame_began = time.monotonic()
                 try:
                     bodies = reader.feed(data)
                 except ProtocolError as exc:
@@ -265,9 +345,11 @@ class Server:
                     if self.going_away:
                         self._refuse(conn, obj)
                         continue
+                    # both block when full: the per-connection cap, then the node's pool; the
+                    # reader stops reading, so TCP pushes back on the sender (no queue grows)
+                    conn.slots.acquire()
                     conn.in_flight += 1
                     conn.idle.clear()
-                    # blocks while the pool is full: backpressure onto this connection's socket
                     self.pool.spawn(self._run, conn, obj, time.monotonic())
         finally:
             self._conns.discard(conn)
@@ -308,7 +390,9 @@ class Server:
                     frame = protocol.pack(protocol.error_response(response.get("id"), InternalError(
                         f"result could not be encoded: {exc}").to_error_object()))
                 conn.send(frame)
+                conn.throttle(self.max_pending_output)
         finally:
+            conn.slots.release()
             conn.in_flight -= 1
             if not conn.in_flight:
                 conn.idle.set()
