@@ -50,9 +50,35 @@ def pack(obj: Any) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+# msgpack decodes ext type -1 (timestamp) itself, without calling ext_hook. Its three encodings
+# start with these bytes; when one occurs (or a string merely contains them) the body is decoded
+# again with hooks that refuse Timestamp values, so the common case pays one substring search.
+_TIMESTAMP_MARKERS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+
+def _no_timestamp_list(items: list) -> list:
+    for item in items:
+        if type(item) is msgpack.Timestamp:
+            raise ValueError("msgpack ext type -1 (timestamp) is not allowed")
+    return items
+
+
+def _no_timestamp_map(pairs: list) -> dict:
+    for key, value in pairs:
+        if type(key) is msgpack.Timestamp or type(value) is msgpack.Timestamp:
+            raise ValueError("msgpack ext type -1 (timestamp) is not allowed")
+    return dict(pairs)
+
+
 def unpack_body(body: bytes) -> Any:
     try:
-        return msgpack.unpackb(body, raw=False, ext_hook=_no_ext, strict_map_key=False)
+        obj = msgpack.unpackb(body, raw=False, ext_hook=_no_ext, strict_map_key=False)
+        if any(marker in body for marker in _TIMESTAMP_MARKERS):
+            if type(obj) is msgpack.Timestamp:
+                raise ValueError("msgpack ext type -1 (timestamp) is not allowed")
+            msgpack.unpackb(body, raw=False, ext_hook=_no_ext, strict_map_key=False,
+                            list_hook=_no_timestamp_list, object_pairs_hook=_no_timestamp_map)
+        return obj
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise ParseError(f"invalid msgpack body: {exc}") from None
 
