@@ -61,6 +61,9 @@ class Client:
         self.pool = pool or Pool(tls=tls)
         self._balancers: Dict[str, Any] = {}
         self._proxies: Dict[str, ServiceProxy] = {}
+        # "Service.method" -> (snapshot, candidates, idempotent): recomputed only when the
+        # discovery snapshot changes, so a call does no per-node work
+        self._routes: Dict[str, tuple] = {}
         discovery.subscribe(self._on_change)
 
     # ---- the public surface ----------------------------------------------------------------------
@@ -104,6 +107,14 @@ class Client:
 
     # ---- the call path ---------------------------------------------------------------------------
 
+    def _usable(self, node: Node) -> bool:
+        return self.pool.usable(node.address, time.monotonic())
+
+    def _route(self, method: str, name: str, nodes: Sequence[Node]) -> tuple:
+        candidates = tuple(n for n in nodes if n.has_method(name) is not False)
+        route = self._routes[method] = (nodes, candidates, _idempotent(candidates, name))
+        return route
+
     def _on_change(self, service: str, added, removed, snapshot) -> None:
         live = {n.address for n in snapshot}
         balancer = self._balancers.get(service)
@@ -131,15 +142,19 @@ class Client:
                                              f"(last error: {last_error})") from last_error
                 raise Timeout(f"{method}: deadline of {timeout:.3f}s passed") from last_error
             nodes = discovery.nodes(service, wait=remaining)
-            candidates = [n for n in nodes if n.has_method(name) is not False]
+            route = self._routes.get(method)
+            if route is None or route[0] is not nodes:
+                route = self._route(method, name, nodes)
+            candidates, idempotent = route[1], route[2]
             if not candidates:
                 if nodes:
                     raise MethodNotFound(f"Method not found: {method} (no node of {service} has it)")
                 if discovery.ready(service):
                     raise ServiceUnavailable(f"no live node of {service}")
                 continue  # first list not done yet; loop until it is or the deadline passes
-            fresh = [n for n in candidates if n.address not in tried] or candidates
-            node = balancer.pick(fresh, lambda n: pool.usable(n.address, now))
+            fresh = ([n for n in candidates if n.address not in tried] or candidates
+                     if tried else candidates)
+            node = balancer.pick(fresh, self._usable)
             if node is None:
                 node = balancer.pick(fresh)  # every node ejected: try one anyway
             load = balancer.begin(node)
@@ -147,14 +162,14 @@ class Client:
             try:
                 conn = pool.get(node.address, remaining)
                 result = conn.call(method, params, remaining, self.token, pool.stall_after,
-                                   _idempotent(candidates, name))
+                                   idempotent)
                 ok = True
             except NotSent as exc:
                 pool.record(node.address, ok=False, eject_now=True)
                 last_error = exc
             except ConnectionLost as exc:
                 pool.record(node.address, ok=False, eject_now=True)
-                if not _idempotent(candidates, name):
+                if not idempotent:
                     raise
                 last_error = exc
             except Timeout:

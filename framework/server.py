@@ -85,6 +85,9 @@ class _Conn:
             return
         self.flushing = True
         try:
+            # one turn of the loop first: the handlers that are ready now queue their frames too,
+            # so a burst of responses costs one sendall instead of one each
+            gevent.sleep(0)
             while self.out and not self.closed:
                 chunk = b"".join(self.out) if len(self.out) > 1 else self.out[0]
                 self.out.clear()

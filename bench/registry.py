@@ -1,0 +1,164 @@
+"""Discovery propagation and registry scale, measured from a running (gevent-patched) client process.
+
+``python -m bench.registry ETCD_ENDPOINT`` prints one JSON object:
+
+* ``propagation``: for ``n`` registrations, the time from just before the ``put`` is sent to etcd until
+  the client's cache listener sees the node, and the same for the ``delete`` (conservative: the put's
+  own round trip is included);
+* ``scale``: 1,000 services x 10 nodes written straight into etcd with ``Etcd.put``; the client's RSS,
+  its first-call latency (fresh clients) and its per-call cost, each with the small and the large
+  registry. The client watches all 1,000 services in the large case.
+"""
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.pool  # noqa: E402
+
+from framework import Client  # noqa: E402
+from framework.etcd import Etcd  # noqa: E402
+
+SCALE_PREFIX = "BenchScale"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def record(service: str, address: str) -> str:
+    """A registration like a real node's, so the cache holds realistic objects."""
+    return json.dumps({"address": address, "service": service,
+                       "methods": {"Hello": {"idempotent": True}, "Get": {"idempotent": True},
+                                   "Put": {"idempotent": False}},
+                       "protocol": "jsonrpc2-msgpack/1", "pid": 4242, "hostname": "bench-host",
+                       "version": "0.1.0", "started": 1700000000.0})
+
+
+def propagation(endpoint: str, n: int = 40) -> dict:
+    prefix, service = "/bench-prop/", "PropService"
+    etcd = Etcd(endpoint)
+    client = Client(etcd=endpoint, prefix=prefix)
+    seen = {}
+    changed = threading.Event()
+
+    def listener(svc, added, removed, snapshot):
+        now = time.perf_counter()
+        for node in list(added) + list(removed):
+            seen[node.address] = now
+        changed.set()
+
+    client.discovery.subscribe(listener)
+    client.discovery.watch(service)
+    deadline = time.monotonic() + 10
+    while not client.discovery.ready(service) and time.monotonic() < deadline:
+        gevent.sleep(0.005)
+    add_ms, remove_ms = [], []
+    for i in range(n):
+        address = f"10.77.{i // 200}.{i % 200}:9000"
+        key = f"{prefix}{service}/{address}"
+        for action, out in (("put", add_ms), ("delete", remove_ms)):
+            seen.pop(address, None)
+            changed.clear()
+            t0 = time.perf_counter()
+            if action == "put":
+                etcd.put(key, record(service, address))
+            else:
+                etcd.delete(key)
+            while address not in seen:
+                if not changed.wait(5):
+                    raise RuntimeError(f"{action} of {address} not seen within 5 s")
+                changed.clear()
+            out.append((seen[address] - t0) * 1000)
+        gevent.sleep(0.002)
+    client.close()
+    return {"n": n, "add_p50_ms": statistics.median(add_ms), "add_max_ms": max(add_ms),
+            "remove_p50_ms": statistics.median(remove_ms), "remove_max_ms": max(remove_ms)}
+
+
+def per_call_us(client: Client, seconds: float = 1.5) -> float:
+    hello = client.HelloService.Hello
+    for _ in range(200):
+        hello("world")
+    n, t0 = 0, time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(100):
+            client.HelloService.Hello("world")
+        n += 100
+        now = time.perf_counter()
+        if now >= end:
+            return (now - t0) / n * 1e6
+
+
+def first_call_ms(endpoint: str, tries: int = 5) -> float:
+    times = []
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        client = Client(etcd=endpoint)
+        client.HelloService.Hello("world")
+        times.append((time.perf_counter() - t0) * 1000)
+        client.close()
+    return statistics.median(times)
+
+
+def scale(endpoint: str, services: int = 1000, nodes: int = 10) -> dict:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    etcd = Etcd(endpoint)
+    etcd.delete_prefix(f"/services/{SCALE_PREFIX}")
+    client = Client(etcd=endpoint)
+    small = {"first_call_ms": first_call_ms(endpoint), "per_call_us": per_call_us(client),
+             "rss_mb": rss_mb()}
+    names = [f"{SCALE_PREFIX}{i:04d}" for i in range(services)]
+    pool = gevent.pool.Pool(32)
+    t0 = time.perf_counter()
+    for name in names:
+        for j in range(nodes):
+            address = f"10.{j}.{int(name[-4:]) // 250}.{int(name[-4:]) % 250}:7000"
+            pool.spawn(etcd.put, f"/services/{name}/{address}", record(name, address))
+    pool.join(raise_error=True)
+    fill_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for name in names:
+        client.discovery.watch(name)
+    deadline = time.monotonic() + 120
+    while not all(client.discovery.ready(n) for n in names):
+        if time.monotonic() > deadline:
+            raise RuntimeError("client did not list every service within 120 s")
+        gevent.sleep(0.01)
+    watch_s = time.perf_counter() - t0
+    cached = sum(len(client.discovery.nodes(n)) for n in names)
+    large = {"first_call_ms": first_call_ms(endpoint), "per_call_us": per_call_us(client),
+             "rss_mb": rss_mb()}
+    client.close()
+    etcd.delete_prefix(f"/services/{SCALE_PREFIX}")
+    return {"services": services, "nodes_per_service": nodes, "registered": services * nodes,
+            "cached_nodes": cached, "fill_s": fill_s, "watch_all_s": watch_s,
+            "small": small, "large": large,
+            "per_call_growth": large["per_call_us"] / small["per_call_us"]}
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    endpoint = args[0]
+    out = {"propagation": propagation(endpoint), "scale": scale(endpoint)}
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
