@@ -20,5 +20,10 @@ test: install
 demo: install
 	$(BIN)/python demo_hello/run_demo.py
 
+# not part of `test`: ~5 min; pip-installs its peers (zerorpc, Pyro5, grpcio) and matplotlib on
+# first run, skipping any that will not install; writes bench/results.json and bench/results.png
+bench: install
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) .etcd-data *.egg-info
