@@ -100,11 +100,11 @@ def test_password_auth_and_reauthentication_after_etcd_restart(processes):
     root = framework.EtcdConfig(etcd.endpoint, username="root", password=PASSWORD).client()
     key = f"/services/HelloService/{a.address}"
     lease = {kv.key: kv.lease for kv in root.get_prefix("/services/HelloService/")[1]}[key]
-    deadline = time.monotonic() + 2 * 3 + 1   # two TTLs
+    deadline = time.monotonic() + 3 + 1   # longer than the TTL
     while time.monotonic() < deadline:
         _, kvs = root.get_prefix("/services/HelloService/")
         assert key in {kv.key for kv in kvs}, "node A's registration lapsed after the restart"
-        time.sleep(0.25)
+        time.sleep(0.25)   # sampling an invariant over a window, not waiting for a condition
     assert {kv.key: kv.lease for kv in root.get_prefix("/services/HelloService/")[1]}[key] == lease
     b.terminate()
     wait_until(lambda: client.nodes("HelloService") == [a.address], timeout=10,

@@ -166,18 +166,21 @@ def test_hostile_http_on_the_same_port(node, good):
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffff\r\nx",
                 b"GET",     # a prefix of a method, then silence
                 b"PUT / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(5000)]
-    answers = []
-    for payload in payloads:
-        with connect(node.address) as s:
-            try:
-                s.sendall(payload)
-            except OSError:
-                pass        # the node may close while we still send: that is a fine answer
-            s.settimeout(FRAME_TIMEOUT + 3)
-            try:
-                answers.append(s.recv(200).split(b"\r\n")[0])
-            except OSError as exc:
-                answers.append(repr(exc).encode())
+    answers, socks = [], []
+    for payload in payloads:   # all at once: two of them wait for frame_timeout
+        s = connect(node.address)
+        socks.append(s)
+        try:
+            s.sendall(payload)
+        except OSError:
+            pass        # the node may close while we still send: that is a fine answer
+    for s in socks:
+        s.settimeout(FRAME_TIMEOUT + 3)
+        try:
+            answers.append(s.recv(200).split(b"\r\n")[0])
+        except OSError as exc:
+            answers.append(repr(exc).encode())
+        s.close()
         still_serving(good, node)
     print(f"\nhostile HTTP: first lines {answers}; node RSS grew {rss_kb(node.pid) - base} kB")
     assert rss_kb(node.pid) - base < 30 * 1024
