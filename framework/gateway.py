@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from typing import List, Optional, Sequence, Union
@@ -29,7 +30,7 @@ from typing import List, Optional, Sequence, Union
 import gevent
 import gevent.event
 import gevent.pool
-from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
 from . import __version__, protocol
 from .client import Client
@@ -43,6 +44,18 @@ from .metrics import GatewayMetrics
 log = logging.getLogger(__name__)
 
 UNKNOWN = "(unknown)"
+
+
+class _Handler(WSGIHandler):
+    """pywsgi's handler with Nagle off: it writes headers and body separately, and with Nagle on,
+    the client's delayed ACK adds about 40 ms to every keep-alive request."""
+
+    def handle(self):
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        super().handle()
 
 
 def outcome_of(exc: Optional[BaseException]) -> str:
@@ -181,6 +194,7 @@ class Gateway:
               max_connections: int = 10000) -> "Gateway":
         """Listen on ``host:port`` (port 0: any free port; see :attr:`address`)."""
         self._server = WSGIServer((host, port), self.wsgi, spawn=gevent.pool.Pool(max_connections),
+                                  handler_class=_Handler,
                                   log=LoggingLogAdapter(logging.getLogger(__name__ + ".access"),
                                                         logging.DEBUG),
                                   error_log=LoggingLogAdapter(log, logging.ERROR))

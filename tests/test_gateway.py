@@ -357,3 +357,21 @@ def test_sigterm_drains_with_healthz_503_then_exits_0(etcd, processes):
     # still answering calls while load balancers notice
     assert gw.post(call("HelloService.Hello", ["z"], 1))[0] == 200
     assert gw.proc.wait(timeout=20) == 0
+
+
+def test_keep_alive_calls_are_not_delayed_by_nagle(gw):
+    # pywsgi writes headers and body separately; with Nagle on, delayed ACKs cost ~40 ms a call
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    body = json.dumps(call("Spec.subtract", [3, 1], 1))
+    took = []
+    try:
+        for _ in range(30):
+            started = time.perf_counter()
+            conn.request("POST", "/", body)
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["result"] == 2
+            took.append(time.perf_counter() - started)
+    finally:
+        conn.close()
+    took.sort()
+    assert took[len(took) // 2] < 0.02, f"median {took[len(took) // 2] * 1000:.1f} ms"
