@@ -87,7 +87,9 @@ def median_of(rounds: List[dict]) -> List[dict]:
         rows = [r["results"][i] for r in rounds]
         out.append({"callers": first["callers"],
                     **{k: statistics.median(row[k] for row in rows)
-                       for k in ("calls_per_s", "p50_ms", "p99_ms")},
+                       for k in ("calls_per_s", "p50_ms", "p99_ms", "client_cpu_us_per_call")},
+                    "server_cpu_us_per_call": statistics.median(
+                        row.get("server_cpu_us_per_call") or 0.0 for row in rows),
                     "errors": sum(row["errors"] for row in rows),
                     "rounds_calls_per_s": [round(row["calls_per_s"]) for row in rows]})
     return out
@@ -114,11 +116,14 @@ def main() -> int:
         node = group.add(NodeProcess("demo_hello.service", etcd.endpoint, ttl=10, cwd=ROOT,
                                      extra_args=()).start())
         targets = {"framework": etcd.endpoint}
+        pids = {"framework": node.pid}
         if "baseline" in systems:
-            targets["baseline"] = group.add(Served([PY, "-m", "bench.baseline", "serve"])).port
+            served = group.add(Served([PY, "-m", "bench.baseline", "serve"]))
+            targets["baseline"], pids["baseline"] = served.port, served.proc.pid
         for peer in ("pyro5", "grpc", "zerorpc"):
             if peer in systems:
-                targets[peer] = group.add(Served([PY, "-m", "bench.peers", peer])).port
+                served = group.add(Served([PY, "-m", "bench.peers", peer]))
+                targets[peer], pids[peer] = served.port, served.proc.pid
         balancer_cases = []
         if "balancer" not in skip:
             for case, delays in (("equal", (0, 0)), ("one slow (5 ms)", (0, 5))):
@@ -135,7 +140,8 @@ def main() -> int:
         for r in range(rounds):
             order = systems[r % len(systems):] + systems[:r % len(systems)]
             for system in order:
-                raw[system].append(run_load(system, targets[system], seconds))
+                raw[system].append(run_load(system, targets[system], seconds,
+                                            **{"server-pid": pids[system]}))
             for case, prefix in balancer_cases:
                 for policy in ("rr", "p2c"):
                     braw.setdefault(f"{case}|{policy}", []).append(run_load(

@@ -93,25 +93,27 @@ class P2C:
         load = self._load(node)
         ewma = load.ewma
         if ewma:
-            idle = (time.monotonic() if now is None else now) - load.stamp
-            if idle > 0:
-                ewma *= math.exp(-idle / self.decay)
+            ewma *= _decay((time.monotonic() if now is None else now) - load.stamp, self.decay)
         return ewma * (load.outstanding + 1)
 
     def pick(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]] = None) -> Optional[T]:
+        n = len(candidates)
+        if n > 1:
+            rand = self._random
+            i = int(rand() * n)
+            j = int(rand() * (n - 1))
+            if j >= i:
+                j += 1  # two distinct nodes, uniformly
+            a, b = candidates[i], candidates[j]
+            # the common case asks ``usable`` about the two sampled nodes only
+            if usable is None or (usable(a) and usable(b)):
+                now = time.monotonic()
+                return a if self.cost(a, now) <= self.cost(b, now) else b
         if usable is not None:
             candidates = [c for c in candidates if usable(c)]
-        n = len(candidates)
-        if n <= 1:
-            return candidates[0] if n else None
-        rand = self._random
-        i = int(rand() * n)
-        j = int(rand() * (n - 1))
-        if j >= i:
-            j += 1  # two distinct nodes, uniformly
-        a, b = candidates[i], candidates[j]
-        now = time.monotonic()
-        return a if self.cost(a, now) <= self.cost(b, now) else b
+            if len(candidates) > 1:
+                return self.pick(candidates)
+        return candidates[0] if candidates else None
 
     def begin(self, node: Any) -> _Load:
         load = self._load(node)
@@ -127,12 +129,20 @@ class P2C:
         if seconds >= load.ewma:
             load.ewma = seconds  # peak: a slowdown shows at once
         else:
-            w = math.exp(-(now - load.stamp) / self.decay)
+            w = _decay(now - load.stamp, self.decay)
             load.ewma = load.ewma * w + seconds * (1.0 - w)
         load.stamp = now
 
     def forget(self, node: Any) -> None:
         self._loads.pop(self.key(node), None)
+
+
+def _decay(elapsed: float, tau: float) -> float:
+    """exp(-elapsed/tau); between calls ``elapsed`` is tiny, where 1 - x is exact enough and cheaper."""
+    if elapsed <= 0:
+        return 1.0
+    x = elapsed / tau
+    return 1.0 - x if x < 0.001 else math.exp(-x)
 
 
 def _address(node: Any) -> Hashable:
