@@ -18,7 +18,7 @@ from framework import protocol
 from framework.dispatch import Dispatcher
 from framework.errors import InvalidRequest, ParseError, ProtocolError
 
-FUZZ = settings(max_examples=150, deadline=None, database=None,
+FUZZ = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 REACHED = []
