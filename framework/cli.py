@@ -155,11 +155,22 @@ def cmd_serve(args) -> int:
 
 
 def cmd_etcd(args) -> int:
-    from .devetcd import EtcdProcess, find_binary
+    import subprocess
+    from .devetcd import EtcdProcess
     data_dir = args.data_dir or os.path.join(os.getcwd(), ".etcd-data")
     member = EtcdProcess(data_dir=data_dir, port=args.port, peer_port=args.peer_port, host=args.host)
+    child = subprocess.Popen(member.command())
     print(f"etcd listening on {member.endpoint} (data in {data_dir}); Ctrl-C stops it", flush=True)
-    os.execv(find_binary(), member.command())
+    stopping = []
+
+    def stop(signum, frame):  # a clean stop is a success, whichever signal asked for it
+        stopping.append(signum)
+        child.terminate()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    code = child.wait()
+    return 0 if stopping else code
 
 
 def cmd_gateway(args) -> int:

@@ -10,7 +10,8 @@ caller blocks in ``time.sleep`` or sits in another thread):
    or ``idle_resync`` seconds with no message at all (a silently dead stream) - goes back to 1.
 
 While etcd is unreachable the last good view is kept: a registry error never empties the cache.
-A full list replaces the view wholesale, so after etcd is replaced the cache converges on the truth.
+A full list replaces the view wholesale, so after etcd is replaced the cache converges on the truth;
+nodes the new etcd does not list yet are kept for ``replace_grace`` seconds while they register again.
 Callers only read immutable snapshots; they never touch etcd.
 """
 from __future__ import annotations
@@ -84,6 +85,9 @@ class _Watched:
         self.ready = threading.Event()     # set after the first successful list
         self.revision = 0
         self.resyncs = 0
+        self.cluster: Optional[str] = None
+        self.carried: Dict[str, Node] = {}   # nodes kept through an etcd replacement
+        self.carry_until = 0.0
         self.watch = None
         self.thread = threading.Thread(target=self._run, name=f"framework-watch-{service}",
                                        daemon=True)
@@ -106,17 +110,39 @@ class _Watched:
                     log.exception("discovery listener failed")
 
     def _list(self) -> Optional[str]:
-        etcd = self.discovery.etcd
-        revision, kvs = etcd.get_prefix(self.prefix)
+        d = self.discovery
+        revision, kvs = d.etcd.get_prefix(self.prefix)
+        cluster = d.etcd.cluster_id
         nodes = {}
         for kv in kvs:
             node = parse_node(kv)
             if node is not None:
                 nodes[kv.key] = node
+        now = time.monotonic()
+        replaced = (self.cluster and cluster and cluster != self.cluster) or revision < self.revision
+        if replaced and d.replace_grace > 0:
+            # A different (new, empty) etcd answers: another cluster id, or - for a member rebuilt
+            # with the same configuration, whose cluster id is the same - a revision that went back. Its list is true but not yet complete: live
+            # nodes register again within about TTL/3. Keep the missing ones for replace_grace so
+            # callers are not told "no node" meanwhile; a dead one costs one refused connect.
+            self.carried = {k: n for k, n in self.nodes.items() if k not in nodes}
+            self.carry_until = now + d.replace_grace
+            log.warning("etcd was replaced (revision %d -> %d); keeping %d unconfirmed %s nodes "
+                        "for %.1fs", self.revision, revision, len(self.carried), self.service,
+                        d.replace_grace)
+        elif now >= self.carry_until:
+            self.carried = {}
+        self.cluster = cluster
         self.revision = revision
-        self._publish(nodes)
+        self._publish({**self.carried, **nodes})
         self.ready.set()
-        return etcd.cluster_id
+        return cluster
+
+    def _watch_timeout(self) -> float:
+        idle = self.discovery.idle_resync
+        if self.carried:  # relist when the grace ends, even on a quiet prefix
+            return max(0.05, min(idle, self.carry_until - time.monotonic()))
+        return idle
 
     def _run(self) -> None:
         d = self.discovery
@@ -124,7 +150,8 @@ class _Watched:
         while not d.closed:
             try:
                 cluster = self._list()
-                self.watch = watch = d.etcd.watch(self.prefix, self.revision + 1, d.idle_resync)
+                self.watch = watch = d.etcd.watch(self.prefix, self.revision + 1,
+                                                  self._watch_timeout())
                 if d.closed:
                     watch.close()
                     return
@@ -135,9 +162,12 @@ class _Watched:
                         log.warning("etcd cluster changed under watch of %s; listing again",
                                     self.service)
                         break
+                    if self.carried and time.monotonic() >= self.carry_until:
+                        break  # grace over: a full list drops the carried nodes that never came back
                     if events:
                         nodes = dict(self.nodes)
                         for ev in events:
+                            self.carried.pop(ev.kv.key, None)
                             if ev.type == "DELETE":
                                 nodes.pop(ev.kv.key, None)
                             else:
@@ -168,8 +198,11 @@ class _Watched:
 class Discovery:
     """Watched caches for any number of services; share one per process (``Client(discovery=...)``)."""
 
-    def __init__(self, etcd: Etcd, prefix: str = DEFAULT_PREFIX, idle_resync: float = 30.0):
+    def __init__(self, etcd: Etcd, prefix: str = DEFAULT_PREFIX, idle_resync: float = 30.0,
+                 replace_grace: float = 10.0):
         self.etcd = etcd
+        #: after etcd is replaced by another cluster, seconds to keep nodes it does not list yet
+        self.replace_grace = replace_grace
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.idle_resync = idle_resync
         self.closed = False

@@ -5,6 +5,7 @@ a request's ``method`` string is only ever used as a key into that table.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
@@ -27,6 +28,7 @@ class Dispatcher:
                  observe: Optional[Callable[[str, str, str, float], None]] = None):
         self.table: Dict[str, Tuple[MethodSpec, Callable, str]] = {}
         self.token = token
+        self._token = token.encode() if token is not None else b""
         self.observe = observe
         for instance in instances:
             spec = spec_of(type(instance))
@@ -44,13 +46,16 @@ class Dispatcher:
         return None if req.is_notification else response
 
     def call(self, req: protocol.Request, received: Optional[float] = None) -> dict:
+        if self.token is not None:
+            # checked before the lookup, so a caller without the token cannot probe method names
+            token = req.meta.get("token")
+            if not (isinstance(token, str) and hmac.compare_digest(token.encode(), self._token)):
+                return protocol.error_response(req.id, Unauthorized("Unauthorized").to_error_object())
         entry = self.table.get(req.method)
         if entry is None:
             return protocol.error_response(req.id, MethodNotFound(
                 f"Method not found: {req.method}").to_error_object())
         mspec, bound, service_name = entry
-        if self.token is not None and req.meta.get("token") != self.token:
-            return protocol.error_response(req.id, Unauthorized("Unauthorized").to_error_object())
         timeout_ms = req.meta.get("timeout_ms")
         if (isinstance(timeout_ms, (int, float)) and received is not None
                 and time.monotonic() - received > timeout_ms / 1000.0):

@@ -43,6 +43,7 @@ from .service import spec_of
 log = logging.getLogger(__name__)
 
 _GOAWAY_FRAME = protocol.pack({"jsonrpc": "2.0", "method": "$goaway", "params": []})
+_PONG_FRAME = protocol.pack({"jsonrpc": "2.0", "id": 0, "result": "pong"})
 
 
 def primary_address() -> str:
@@ -129,6 +130,8 @@ class Server:
     max_pending_output = 8 * 1024 * 1024
     #: upper bound on waiting for in-flight calls during stop
     drain_timeout = 10.0
+    #: after draining, seconds to keep answering late requests with GoingAway before closing
+    linger = 0.1
 
     def __init__(self, services: Sequence[type], host: str = "0.0.0.0", port: int = 0,
                  etcd: Union[None, bool, str, Sequence[str], EtcdConfig] = None, ttl: int = 10,
@@ -173,7 +176,6 @@ class Server:
             instance.client = self.client
         self.metrics = NodeMetrics(self)
         self.dispatcher = Dispatcher(self.instances, token=token, observe=self.metrics.observe)
-        self.http = NodeHttp(self)   # GET /healthz, GET /metrics, POST / on the same port
         self.pool = gevent.pool.Pool(max_concurrency)
         self.registration: Optional[Registration] = None
         self.draining = False      # deregistered: still serving during the grace window
@@ -182,6 +184,7 @@ class Server:
         self._conns: set = set()
         self._server: Optional[StreamServer] = None
         self._stopped = gevent.event.Event()
+        self.http = NodeHttp(self)   # GET /healthz, GET /metrics, POST / on the same port
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -242,6 +245,8 @@ class Server:
         for conn in list(self._conns):
             conn.idle.wait(max(0.0, deadline - time.monotonic()))
         self.pool.join(timeout=max(0.0, deadline - time.monotonic()))
+        # a request already on the wire when $goaway left still gets its "not processed" answer
+        gevent.sleep(min(self.linger, max(0.0, deadline - time.monotonic())))
         for conn in list(self._conns):
             conn.closed = True
             try:
@@ -345,6 +350,9 @@ class Server:
                     except ParseError as exc:
                         self._reject(conn, exc)
                         return
+                    if type(obj) is dict and obj.get("method") == "$ping":
+                        conn.send(_PONG_FRAME)  # liveness: answered here, even when busy
+                        continue
                     if self.going_away:
                         self._refuse(conn, obj)
                         continue
@@ -359,7 +367,7 @@ class Server:
             if not conn.in_flight:
                 self._close(conn)
             else:
-                conn.closed = True  # the last in-flight call closes the socket
+                # the peer may only have half-closed (SHUT_WR): its answers still go out
                 conn.idle.wait(self.drain_timeout)
                 self._close(conn)
 

@@ -94,24 +94,41 @@ def test_node_frozen_past_its_ttl_registers_again_after_sigcont(etcd, serve_node
     assert client.HelloService.Hello("back") == "hello:back"
 
 
-def test_etcd_replaced_by_an_empty_one_every_node_registers_again(etcd, serve_node, make_client):
+def test_etcd_replaced_by_an_empty_one_every_node_registers_again(etcd, serve_node, processes):
+    from framework.discovery import Discovery
     a = serve_node("tests.services", ttl=3)
     b = serve_node("tests.services", ttl=3)
-    client = make_client()
+    discovery = processes.add(Discovery(Etcd(etcd.endpoint), replace_grace=3.0))
+    client = processes.add(framework.Client(discovery=discovery))
     store = Etcd(etcd.endpoint)
     ghost = "127.0.0.1:1"   # a record that only the old etcd has: the client must forget it
     store.put(f"/services/HelloService/{ghost}", json.dumps({"address": ghost}))
     wait_until(lambda: set(client.nodes("HelloService")) == {a.address, b.address, ghost})
-    etcd.wipe()
-    wiped = time.monotonic()
-    expected = {f"/services/{s}/{n.address}" for n in (a, b) for s in n.services}
-    wait_until(lambda: set(records(etcd.endpoint)) == expected, timeout=15,
-               message="every node to register every service again, and nothing else")
-    wait_until(lambda: set(client.nodes("HelloService")) == {a.address, b.address}, timeout=15,
-               message="client to converge on the new etcd")
-    print(f"converged {time.monotonic() - wiped:.2f}s after etcd was replaced")
+    stop, results, errors = threading.Event(), [], []
+    callers = [threading.Thread(target=_hammer, args=(client, "Hello", stop, results, errors, "w"))
+               for _ in range(4)]
+    for t in callers:
+        t.start()
+    try:
+        etcd.wipe()
+        wiped = time.monotonic()
+        expected = {f"/services/{s}/{n.address}" for n in (a, b) for s in n.services}
+        wait_until(lambda: set(records(etcd.endpoint)) == expected, timeout=15,
+                   message="every node to register every service again, and nothing else")
+        registered = time.monotonic() - wiped
+        wait_until(lambda: set(client.nodes("HelloService")) == {a.address, b.address}, timeout=15,
+                   message="client to converge on the new etcd")
+        converged = time.monotonic() - wiped
+        mark = len(results)
+        wait_until(lambda: len(results) > mark + 50, timeout=10)
+    finally:
+        stop.set()
+        for t in callers:
+            t.join(10)
+    print(f"etcd replaced: nodes registered again after {registered:.2f}s, client converged "
+          f"after {converged:.2f}s; {len(results)} calls, {len(errors)} failed")
     assert set(a.services) >= {"HelloService", "Ledger", "GreeterService"}
-    assert client.HelloService.Hello("x") == "hello:x"
+    assert errors == [], "the cache must not go empty while the nodes register again"
 
 
 def _hammer(client, method, stop, results, errors, *args):
@@ -308,3 +325,21 @@ def _up(port):
         return True
     except OSError:
         return False
+
+
+def test_a_client_that_half_closes_after_sending_still_gets_its_answers(serve_node):
+    import socket
+    from framework import protocol
+    node = serve_node("tests.services")
+    host, port = node.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"".join(protocol.pack(protocol.request(i, "WorkService.Work", [50]))
+                              for i in (1, 2, 3)))
+        sock.shutdown(socket.SHUT_WR)
+        reader, answers = protocol.FrameReader(), []
+        while len(answers) < 3:
+            data = sock.recv(65536)
+            assert data, f"connection closed after {len(answers)} answers"
+            answers += [protocol.unpack_body(b) for b in reader.feed(data)]
+    assert sorted(a["id"] for a in answers) == [1, 2, 3]
+    assert all(a["result"] == node.pid for a in answers)
