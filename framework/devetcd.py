@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,6 +42,16 @@ def find_binary(name: str = "etcd") -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now, chosen below Linux's ephemeral range (32768-60999): a port from
+    bind(0) is ephemeral, and an outgoing connection may take it before etcd binds it."""
+    for _ in range(200):
+        port = random.randrange(15000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

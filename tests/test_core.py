@@ -67,13 +67,15 @@ def test_new_node_is_seen_by_a_running_client_within_milliseconds(etcd, serve_no
         lags.append(time.monotonic() - landed)
     lags.sort()
     print(f"join propagation p50 {lags[10]*1e6:.0f} us, max {lags[-1]*1e6:.0f} us")
-    assert lags[10] < 0.1
+    assert lags[10] < 0.1   # p50 well under 100 ms even on a loaded 2-core machine
     store.delete_prefix("/services/HelloService/127.0.0.1:400")
     wait_until(lambda: client.nodes("HelloService") == [first.address], timeout=5)
     # and a real node process is picked up and called without any client action
     second = serve_node("tests.services")
     wait_until(lambda: second.address in client.nodes("HelloService"), timeout=5)
-    pids = {client.HelloService.Pid() for _ in range(6)}
+    pids = set()
+    wait_until(lambda: pids.add(client.HelloService.Pid()) or len(pids) == 2, timeout=10,
+               message="both nodes to answer")
     assert pids == {first.pid, second.pid}
 
 
