@@ -1,14 +1,22 @@
-"""``make demo``: a dev etcd, two HelloService nodes and the demo client; one node is SIGKILLed
-while the client keeps getting answers; everything is cleaned up at the end."""
+"""``make demo``: a dev etcd, two HelloService nodes, the HTTP gateway and the demo client; a curl
+call goes through the gateway; one node is SIGKILLed while the client keeps getting answers;
+everything is cleaned up at the end."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
-import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from framework.testing import EtcdProcess, NodeProcess, ProcessGroup, wait_until  # noqa: E402
+
+
+def http(url: str, body: str = None) -> str:
+    with urllib.request.urlopen(url, body.encode() if body else None, timeout=10) as resp:
+        return resp.read().decode().strip()
 
 
 def main() -> int:
@@ -20,6 +28,22 @@ def main() -> int:
                  for _ in range(2)]
         for n in nodes:
             print(f"[demo] HelloService node pid {n.pid} on {n.address}")
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "framework", "gateway", "--host", "127.0.0.1", "--port", "0",
+             "--etcd", etcd.endpoint], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            start_new_session=True)
+        group.add(type("Kill", (), {"close": lambda self: gateway.kill()})())
+        gw = re.search(r"listening on (\S+)", gateway.stdout.readline()).group(1)
+        body = '{"jsonrpc":"2.0","id":1,"method":"HelloService.Hello","params":["curl"]}'
+        print(f"[demo] gateway on {gw}:\n  $ curl -s {gw} -d '{body}'")
+        if shutil.which("curl"):
+            out = subprocess.run(["curl", "-s", gw, "-d", body], capture_output=True, text=True,
+                                 timeout=10).stdout.strip()
+        else:  # the same request, for machines without curl
+            out = http(f"http://{gw}/", body)
+        print(f"  {out}")
+        print(f"  $ curl -s http://{nodes[1].address}/healthz   # every node speaks HTTP too")
+        print("  " + http(f"http://{nodes[1].address}/healthz"))
         client = subprocess.Popen(
             [sys.executable, "demo_hello/client.py", "--etcd", etcd.endpoint, "--count", "60",
              "--interval", "0.1"], stdout=subprocess.PIPE, text=True, start_new_session=True)
