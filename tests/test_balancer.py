@@ -15,16 +15,20 @@ A, B, C = N("a:1"), N("b:1"), N("c:1")
 
 
 def simulate(policy, latency, calls=4000, concurrency=1):
-    """Drive ``policy`` with ``concurrency`` calls outstanding; ``latency[address]`` is fixed."""
+    """``concurrency`` callers, each sending its next call when its last one is answered;
+    ``latency[address]`` is fixed. Time is simulated, the policy's clock is not (it only decays)."""
     picks = Counter()
-    outstanding = []
+    in_flight = []  # (finish time, token, seconds)
+    now = 0.0
     for _ in range(calls):
+        if len(in_flight) >= concurrency:
+            in_flight.sort(key=lambda item: item[0])
+            now, token, seconds = in_flight.pop(0)
+            policy.end(token, seconds, True)
         node = policy.pick([A, B])
         picks[node.address] += 1
-        outstanding.append((policy.begin(node), latency[node.address]))
-        if len(outstanding) >= concurrency:
-            token, seconds = outstanding.pop(0)
-            policy.end(token, seconds, True)
+        seconds = latency[node.address]
+        in_flight.append((now + seconds, policy.begin(node), seconds))
     return picks
 
 
@@ -71,9 +75,9 @@ def test_p2c_usable_filter_single_node_and_forget():
     assert p2c.pick([A, B, C], lambda n: n is C) == C
     assert p2c.pick([A, B], lambda n: False) is None
     p2c.end(p2c.begin(A), 0.5, True)
-    assert p2c.cost(A) > 0
+    assert p2c.cost(A)[1] > 0
     p2c.forget(A)
-    assert p2c.cost(A) == 0  # a node that comes back starts fresh
+    assert p2c.cost(A) == (0, 0.0)  # a node that comes back starts fresh
 
 
 def test_p2c_samples_every_node():
