@@ -1,6 +1,7 @@
 """Issue 4 (lead part): rolling deploys lose no call; a hung node is routed around; deadlines travel."""
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -83,10 +84,27 @@ def test_a_frozen_node_is_ejected_quickly_and_taken_back_after_sigcont(serve_nod
     assert len(during) > 500, "the other two nodes keep serving"
 
 
-def test_the_callers_deadline_travels_and_a_stale_call_is_skipped(serve_node, make_client):
-    serve_node("tests.services")
+def test_the_callers_deadline_travels_and_a_stale_call_is_skipped(tmp_path, serve_node,
+                                                                 make_client):
+    # one call at a time on this node, so a second call waits behind a slow first one
+    node = serve_node("tests.services", extra_args=["--max-concurrency", "1"])
     client = make_client(timeout=5)
+    first = threading.Thread(target=lambda: client.WorkService.Work(800))
+    first.start()
+    wait_until(lambda: _in_flight(node.address) >= 1, message="the slow call to occupy the node")
+    effects = tmp_path / "charges"
+    started = time.monotonic()
     with pytest.raises(framework.Timeout):
-        client.call("WorkService.Work", [1500], timeout=0.3)
-    # the node keeps going with the calls that still have time
-    assert client.call("WorkService.Work", [1], timeout=2) > 0
+        client.call("Ledger.Charge", [str(effects)], timeout=0.3)
+    assert time.monotonic() - started < 1.0, "the caller's deadline bounds its wait"
+    first.join(10)
+    # a later call on the same node runs after the stale one was dequeued...
+    assert client.WorkService.Work(1) == node.pid
+    # ...and the stale one, whose 0.3 s deadline passed while it queued, never ran
+    assert not effects.exists()
+
+
+def _in_flight(address):
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("framework_calls_in_flight"))
