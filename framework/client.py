@@ -141,6 +141,9 @@ class Client:
                 if last_error is not None and not isinstance(last_error, Timeout):
                     raise ServiceUnavailable(f"{method}: no node answered before the deadline "
                                              f"(last error: {last_error})") from last_error
+                if not discovery.ready(service):
+                    raise ServiceUnavailable(f"{method}: the registry could not be read before "
+                                             f"the deadline ({timeout:.3f}s)")
                 raise Timeout(f"{method}: deadline of {timeout:.3f}s passed") from last_error
             nodes = discovery.nodes(service, wait=remaining)
             route = self._routes.get(method)
@@ -169,7 +172,9 @@ class Client:
                 pool.record(node.address, ok=False, eject_now=True)
                 last_error = exc
             except ConnectionLost as exc:
-                pool.record(node.address, ok=False, eject_now=True)
+                if not conn.alive:
+                    pool.record(node.address, ok=False, eject_now=True)
+                # else the node stalled: it is skipped until it answers its ping, no backoff needed
                 if not idempotent:
                     raise
                 last_error = exc
