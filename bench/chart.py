@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 
 import matplotlib
 
@@ -14,7 +15,7 @@ from bench.run import LABELS  # noqa: E402
 
 def draw(results: dict, path: str) -> None:
     systems = list(results["systems"])
-    labels = [LABELS.get(s, s).replace(" (", "\n(") for s in systems]
+    labels = [textwrap.fill(LABELS.get(s, s), 14) for s in systems]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     width = 0.38
     xs = range(len(systems))
