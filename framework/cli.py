@@ -119,7 +119,6 @@ def limit_options(args) -> dict:
 
 def cmd_serve(args) -> int:
     _patch()
-    import gevent
     from .server import Server
     from .service import services_in_module
 
@@ -144,14 +143,7 @@ def cmd_serve(args) -> int:
     # one parseable line on stdout: scripts and framework.testing wait for it
     print(f"serving {names} on {host}:{port} advertised as {server.advertised}", flush=True)
 
-    def shutdown(signum):
-        log.info("signal %s: deregistering, draining, exiting", signal.Signals(signum).name)
-        gevent.spawn(server.stop)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(sig, shutdown, sig)
-    server.serve_forever()
-    return 0
+    return _serve_until_signal(server, "deregistering, draining, exiting")
 
 
 def cmd_etcd(args) -> int:
@@ -175,7 +167,6 @@ def cmd_etcd(args) -> int:
 
 def cmd_gateway(args) -> int:
     _patch()
-    import gevent
     from .gateway import Gateway
     from .jsonrpc_http import Limits
 
@@ -193,13 +184,20 @@ def cmd_gateway(args) -> int:
     # one parseable line on stdout: scripts and tests wait for it
     print(f"gateway listening on {host}:{port}", flush=True)
 
+    return _serve_until_signal(gateway, "draining the gateway and exiting")
+
+
+def _serve_until_signal(component, what: str) -> int:
+    """Run ``component`` (a Server or Gateway) until SIGTERM/SIGINT asks for its graceful stop."""
+    import gevent
+
     def shutdown(signum):
-        log.info("signal %s: draining the gateway and exiting", signal.Signals(signum).name)
-        gevent.spawn(gateway.stop)
+        log.info("signal %s: %s", signal.Signals(signum).name, what)
+        gevent.spawn(component.stop)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, shutdown, sig)
-    gateway.serve_forever()
+    component.serve_forever()
     return 0
 
 

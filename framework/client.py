@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from .balancer import P2C, RoundRobin
+from .balancer import P2C
 from .discovery import DEFAULT_PREFIX, Discovery, Node
 from .errors import (ConnectionLost, MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout)
 from .etcd import Etcd, EtcdConfig, parse_endpoints

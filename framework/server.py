@@ -21,7 +21,7 @@ import os
 import socket
 import ssl
 import time
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import gevent
 import gevent.event
@@ -30,7 +30,7 @@ import gevent.pool
 from gevent.server import StreamServer
 
 from . import __version__, protocol
-from .client import Client, default_endpoints
+from .client import Client
 from .discovery import DEFAULT_PREFIX, Discovery
 from .dispatch import Dispatcher
 from .errors import GoingAway, InternalError, ParseError, ProtocolError

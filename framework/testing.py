@@ -12,7 +12,8 @@ Fixtures:
 * ``processes`` - the :class:`ProcessGroup` that kills every started process at teardown, also when
   the test fails or pytest is interrupted or sent SIGTERM.
 
-:func:`wait_until` polls a condition with a deadline (never sleep for a condition).
+:func:`wait_until` polls a condition with a deadline (never sleep for a condition);
+:func:`http_request` makes one HTTP request to a node or gateway.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from typing import Callable, List, Optional, Sequence
 
 from .devetcd import EtcdProcess, cluster, find_binary
 
-__all__ = ["EtcdProcess", "NodeProcess", "ProcessGroup", "wait_until", "cluster", "find_binary"]
+__all__ = ["EtcdProcess", "NodeProcess", "ProcessGroup", "wait_until", "http_request", "cluster",
+           "find_binary"]
 
 _READY = re.compile(r"^serving (\S+) on (\S+):(\d+) advertised as (\S+)")
 
@@ -44,6 +46,20 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def http_request(address: str, method: str, path: str, body=None, headers=None,
+                 timeout: float = 20.0):
+    """One plain HTTP request to ``"host:port"``; returns ``(status, headers, body bytes)``."""
+    import http.client
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
 
 
 class NodeProcess:

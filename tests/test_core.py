@@ -1,6 +1,5 @@
 """Issue 2 scenarios against a real etcd and real node processes: registration, discovery, calls."""
 import json
-import os
 import signal
 import threading
 import time

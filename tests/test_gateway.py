@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from framework.testing import EtcdProcess, NodeProcess, ProcessGroup, wait_until
+from framework.testing import EtcdProcess, NodeProcess, ProcessGroup, http_request, wait_until
 
 _LISTENING = re.compile(r"^gateway listening on (\S+):(\d+)")
 
@@ -40,13 +40,7 @@ class GatewayProcess:
         return self
 
     def request(self, method: str, path: str, body=None, headers=None, timeout: float = 20.0):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
+        return http_request(f"127.0.0.1:{self.port}", method, path, body, headers, timeout)
 
     def post(self, body, **kw):
         if not isinstance(body, (bytes, str)):

@@ -2,9 +2,7 @@
 
 Real node processes, real etcd, real sockets; metrics are read back as Prometheus text.
 """
-import http.client
 import json
-import signal
 import socket
 import threading
 import time
@@ -13,23 +11,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import framework
-from framework.testing import wait_until
-
-
-def get_http(address, method, path, body=None, headers=None, timeout=20.0):
-    host, _, port = address.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
+from framework.testing import http_request, wait_until
 
 
 def metrics(address) -> dict:
     """{(sample name, frozenset(labels)): value} from the node's /metrics."""
-    status, headers, body = get_http(address, "GET", "/metrics")
+    status, headers, body = http_request(address, "GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     out = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -44,7 +31,7 @@ def sample(values, name, **labels):
 
 def post(address, obj, headers=None):
     body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-    status, _, data = get_http(address, "POST", "/", body, headers)
+    status, _, data = http_request(address, "POST", "/", body, headers)
     return status, (json.loads(data) if data else None)
 
 
@@ -58,7 +45,7 @@ def test_healthz_and_metrics_after_real_calls(serve_node, make_client):
     with pytest.raises(framework.InvalidParams):
         client.HelloService.Pid(1, 2)
 
-    status, headers, body = get_http(node.address, "GET", "/healthz")
+    status, headers, body = http_request(node.address, "GET", "/healthz")
     health = json.loads(body)
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert health["status"] == "serving" and "HelloService" in health["services"]
@@ -76,9 +63,9 @@ def test_healthz_and_metrics_after_real_calls(serve_node, make_client):
     assert sample(m, "framework_registration_grants_total") == 1
     assert sample(m, "framework_draining") == 0
     # HEAD works where GET does; other methods and paths are refused in JSON, never a 500
-    assert get_http(node.address, "HEAD", "/healthz")[0] == 200
-    assert get_http(node.address, "GET", "/")[0] == 405
-    assert get_http(node.address, "GET", "/nope")[0] == 404
+    assert http_request(node.address, "HEAD", "/healthz")[0] == 200
+    assert http_request(node.address, "GET", "/")[0] == 405
+    assert http_request(node.address, "GET", "/nope")[0] == 404
 
 
 def test_in_flight_gauge_counts_running_calls(serve_node, make_client):
@@ -152,7 +139,7 @@ def test_sniffing_waits_for_split_first_bytes_and_leaves_garbage_to_msgpack(serv
         assert garbage.recv(65536) != b"HTTP"  # an error frame, or a close
     finally:
         garbage.close()
-    assert get_http(node.address, "GET", "/healthz")[0] == 200
+    assert http_request(node.address, "GET", "/healthz")[0] == 200
     assert make_client().HelloService.Hello("still") == "hello:still"
 
 
@@ -161,9 +148,9 @@ def test_healthz_is_503_while_draining_then_the_node_exits_0(serve_node, make_cl
     client = make_client()
     assert client.HelloService.Hello("x") == "hello:x"
     node.terminate()
-    wait_until(lambda: get_http(node.address, "GET", "/healthz")[0] == 503, timeout=5, interval=0.02,
+    wait_until(lambda: http_request(node.address, "GET", "/healthz")[0] == 503, timeout=5, interval=0.02,
                message="/healthz 503 during the grace window")
-    status, _, body = get_http(node.address, "GET", "/healthz")
+    status, _, body = http_request(node.address, "GET", "/healthz")
     assert json.loads(body)["status"] == "draining"
     assert sample(metrics(node.address), "framework_draining") == 1
     # deregistered first: callers stop choosing it while it still answers

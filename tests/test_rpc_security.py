@@ -11,12 +11,10 @@ import urllib.request
 
 import pytest
 
-import framework
 from framework import protocol
 from framework.devetcd import make_certs
 from framework.errors import RpcError, Unauthorized
 from framework.etcd import Etcd
-from framework.testing import wait_until
 from framework.transport import client_tls_context
 
 
