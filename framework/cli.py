@@ -140,10 +140,8 @@ def cmd_serve(args) -> int:
         log.warning("not registered in etcd yet; serving anyway and retrying in the background")
     host, port = server.address
     names = ",".join(spec.name for spec in server.specs)
-    # one parseable line on stdout: scripts and framework.testing wait for it
-    print(f"serving {names} on {host}:{port} advertised as {server.advertised}", flush=True)
-
-    return _serve_until_signal(server, "deregistering, draining, exiting")
+    return _serve_until_signal(server, "deregistering, draining, exiting",
+                               f"serving {names} on {host}:{port} advertised as {server.advertised}")
 
 
 def cmd_etcd(args) -> int:
@@ -181,14 +179,14 @@ def cmd_gateway(args) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     host, port = gateway.address
-    # one parseable line on stdout: scripts and tests wait for it
-    print(f"gateway listening on {host}:{port}", flush=True)
-
-    return _serve_until_signal(gateway, "draining the gateway and exiting")
+    return _serve_until_signal(gateway, "draining the gateway and exiting",
+                               f"gateway listening on {host}:{port}")
 
 
-def _serve_until_signal(component, what: str) -> int:
-    """Run ``component`` (a Server or Gateway) until SIGTERM/SIGINT asks for its graceful stop."""
+def _serve_until_signal(component, what: str, ready: str) -> int:
+    """Run ``component`` (a Server or Gateway) until SIGTERM/SIGINT asks for its graceful stop.
+    ``ready`` is printed on stdout once the handlers are in place: scripts and framework.testing
+    wait for that line, and a signal sent right after it must already mean a graceful stop."""
     import gevent
 
     def shutdown(signum):
@@ -197,6 +195,7 @@ def _serve_until_signal(component, what: str) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, shutdown, sig)
+    print(ready, flush=True)
     component.serve_forever()
     return 0
 
