@@ -68,6 +68,7 @@ def test_a_frozen_node_is_ejected_quickly_and_taken_back_after_sigcont(serve_nod
         wait_until(lambda: len(load.ok) > 200, timeout=20)
         frozen.freeze()
         t_freeze = time.monotonic()
+        # the scenario is a 6 s freeze; end it early if a call fails (the assertion below reports)
         wait_until(lambda: time.monotonic() - t_freeze > 6 or load.errors, timeout=8,
                    interval=0.05, message="6 s of freeze")
         during = [r for r in load.ok if r[0] > t_freeze]

@@ -1,4 +1,4 @@
-"""Fast unit tests of the pure parts: framing, dispatch, balancing, and the lease/cache loops on a fake
+"""Fast unit tests of the pure parts: framing, dispatch, and the lease/cache loops on a fake
 etcd (each of these behaviours is also covered against a real etcd in test_core)."""
 import json
 import time
@@ -8,7 +8,6 @@ import pytest
 
 import framework
 from framework import protocol
-from framework.balancer import RoundRobin
 from framework.discovery import Discovery
 from framework.dispatch import Dispatcher
 from framework.errors import ParseError
@@ -93,14 +92,6 @@ def test_service_names_and_decorator_forms():
     assert spec_of(A).name == "Custom-Name" and set(spec_of(A).methods) == {"M"}
     with pytest.raises(TypeError):
         framework.service(object)
-
-
-def test_round_robin_spreads_evenly_and_skips_unusable():
-    rr = RoundRobin()
-    picks = [rr.pick("abc") for _ in range(300)]
-    assert {c: picks.count(c) for c in "abc"} == {"a": 100, "b": 100, "c": 100}
-    assert {rr.pick("abc", lambda n: n != "b") for _ in range(30)} == {"a", "c"}
-    assert rr.pick("abc", lambda n: False) is None and rr.pick("") is None
 
 
 # ---- lease loop on a fake etcd -------------------------------------------------------------------
