@@ -2,7 +2,6 @@
 call goes through the gateway; one node is SIGKILLed while the client keeps getting answers;
 everything is cleaned up at the end."""
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from framework.testing import EtcdProcess, NodeProcess, ProcessGroup, wait_until  # noqa: E402
+from framework.testing import (EtcdProcess, GatewayProcess, NodeProcess,  # noqa: E402
+                               ProcessGroup, wait_until)
 
 
 def http(url: str, body: str = None) -> str:
@@ -28,12 +28,7 @@ def main() -> int:
                  for _ in range(2)]
         for n in nodes:
             print(f"[demo] HelloService node pid {n.pid} on {n.address}")
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "framework", "gateway", "--host", "127.0.0.1", "--port", "0",
-             "--etcd", etcd.endpoint], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            start_new_session=True)
-        group.add(type("Kill", (), {"close": lambda self: gateway.kill()})())
-        gw = re.search(r"listening on (\S+)", gateway.stdout.readline()).group(1)
+        gw = group.add(GatewayProcess(etcd.endpoint).start()).address
         body = '{"jsonrpc":"2.0","id":1,"method":"HelloService.Hello","params":["curl"]}'
         print(f"[demo] gateway on {gw}:\n  $ curl -s {gw} -d '{body}'")
         if shutil.which("curl"):

@@ -8,6 +8,8 @@ Fixtures:
   etcd binary is installed; it never skips.
 * ``serve_node`` - ``serve_node("pkg.module", etcd=..., ttl=3)`` starts ``python -m framework serve``
   in its own process session and returns a :class:`NodeProcess` once it listens.
+* ``serve_gateway`` - ``serve_gateway("--timeout", "2")`` starts ``python -m framework gateway`` on
+  the same etcd and returns a :class:`GatewayProcess` (``.address``, ``.post(obj)``, ``.request``).
 * ``make_client`` - ``make_client(etcd.endpoint, timeout=5)`` builds a :class:`framework.Client`.
 * ``processes`` - the :class:`ProcessGroup` that kills every started process at teardown, also when
   the test fails or pytest is interrupted or sent SIGTERM.
@@ -17,6 +19,7 @@ Fixtures:
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -29,10 +32,11 @@ from typing import Callable, List, Optional, Sequence
 
 from .devetcd import EtcdProcess, cluster, find_binary
 
-__all__ = ["EtcdProcess", "NodeProcess", "ProcessGroup", "wait_until", "http_request", "cluster",
-           "find_binary"]
+__all__ = ["EtcdProcess", "NodeProcess", "GatewayProcess", "ProcessGroup", "wait_until",
+           "http_request", "cluster", "find_binary"]
 
 _READY = re.compile(r"^serving (\S+) on (\S+):(\d+) advertised as (\S+)")
+_GATEWAY_READY = re.compile(r"^gateway listening on (\S+):(\d+)")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.005,
@@ -152,6 +156,53 @@ class NodeProcess:
             pass
 
 
+class GatewayProcess:
+    """``python -m framework gateway`` on a free port; ``request``/``post`` talk HTTP to it."""
+
+    def __init__(self, etcd: str, *args: str):
+        self.args = [sys.executable, "-m", "framework", "gateway", "--host", "127.0.0.1",
+                     "--port", "0", "--etcd", etcd, *args]
+        self.proc = None
+        self.port = 0
+        # logs go to a file: an unread stderr pipe would block the gateway once it filled up
+        self.log_file = tempfile.NamedTemporaryFile(prefix="framework-gateway-", suffix=".log",
+                                                    delete=False)
+
+    def start(self) -> "GatewayProcess":
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log_file,
+                                     stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        line = self.proc.stdout.readline()   # the process prints this line once it listens
+        m = _GATEWAY_READY.match(line)
+        if not m:
+            self.close()
+            with open(self.log_file.name, "rb") as f:
+                raise RuntimeError(f"gateway did not start: {line!r} {f.read()[-4000:]!r}")
+        self.port = int(m.group(2))
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 20.0):
+        return http_request(self.address, method, path, body, headers, timeout)
+
+    def post(self, body, **kw):
+        if not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        status, headers, data = self.request("POST", "/", body, **kw)
+        return status, (json.loads(data) if data else None)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        try:
+            os.unlink(self.log_file.name)
+        except OSError:
+            pass
+
+
 class ProcessGroup:
     """Everything a test started; ``close()`` kills it all (idempotent)."""
 
@@ -217,6 +268,13 @@ if pytest is not None:
             node = NodeProcess(module, etcd_endpoint or etcd.endpoint, ttl=ttl, **kw)
             processes.add(node)
             return node.start()
+        return start
+
+    @pytest.fixture
+    def serve_gateway(processes, etcd):
+        """``serve_gateway(*args)``: ``python -m framework gateway`` on the fixture's etcd."""
+        def start(*args: str, etcd_endpoint: Optional[str] = None) -> GatewayProcess:
+            return processes.add(GatewayProcess(etcd_endpoint or etcd.endpoint, *args)).start()
         return start
 
     @pytest.fixture

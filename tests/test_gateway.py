@@ -8,51 +8,11 @@ import json
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
-from framework.testing import EtcdProcess, NodeProcess, ProcessGroup, http_request, wait_until
-
-_LISTENING = re.compile(r"^gateway listening on (\S+):(\d+)")
-
-
-class GatewayProcess:
-    """``python -m framework gateway`` on a free port; ``post``/``get`` talk HTTP to it."""
-
-    def __init__(self, etcd: str, *args: str):
-        self.args = [sys.executable, "-m", "framework", "gateway", "--host", "127.0.0.1",
-                     "--port", "0", "--etcd", etcd, *args]
-        self.proc = None
-        self.port = 0
-
-    def start(self) -> "GatewayProcess":
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-        line = self.proc.stdout.readline()   # the process prints this line once it listens
-        m = _LISTENING.match(line)
-        if not m:
-            self.close()
-            raise RuntimeError(f"gateway did not start: {line!r} {self.proc.stderr.read()}")
-        self.port = int(m.group(2))
-        return self
-
-    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 20.0):
-        return http_request(f"127.0.0.1:{self.port}", method, path, body, headers, timeout)
-
-    def post(self, body, **kw):
-        if not isinstance(body, (bytes, str)):
-            body = json.dumps(body)
-        status, headers, data = self.request("POST", "/", body, **kw)
-        return status, (json.loads(data) if data else None)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
+from framework.testing import EtcdProcess, GatewayProcess, NodeProcess, ProcessGroup, wait_until
 
 @pytest.fixture(scope="module")
 def world():
@@ -315,9 +275,9 @@ def test_healthz_and_metrics(gw):
 
 # ---- a backend that is down -----------------------------------------------------------------------
 
-def test_backend_down_is_503_with_a_json_rpc_error(etcd, processes):
-    node = processes.add(NodeProcess("tests.services", etcd.endpoint, ttl=2).start())
-    gw = processes.add(GatewayProcess(etcd.endpoint, "--timeout", "2").start())
+def test_backend_down_is_503_with_a_json_rpc_error(serve_node, serve_gateway):
+    node = serve_node("tests.services", ttl=2)
+    gw = serve_gateway("--timeout", "2")
     assert gw.post(call("HelloService.Hello", ["x"], 1)) == (
         200, {"jsonrpc": "2.0", "id": 1, "result": "hello:x"})
     node.kill()   # SIGKILL: still registered until its lease expires
@@ -336,14 +296,14 @@ def test_backend_down_is_503_with_a_json_rpc_error(etcd, processes):
     status, answer = gw.post([call("HelloService.Hello", ["x"], 5)])
     assert status == 200 and answer[0]["error"]["code"] == -32010
     # and the gateway recovers by itself when a node comes back
-    processes.add(NodeProcess("tests.services", etcd.endpoint, ttl=2).start())
+    serve_node("tests.services", ttl=2)
     wait_until(lambda: gw.post(call("HelloService.Hello", ["y"], 6))[0] == 200, timeout=10,
                interval=0.05, message="gateway sees the new node")
 
 
-def test_sigterm_drains_with_healthz_503_then_exits_0(etcd, processes):
-    processes.add(NodeProcess("tests.services", etcd.endpoint, ttl=3).start())
-    gw = processes.add(GatewayProcess(etcd.endpoint, "--grace", "3").start())
+def test_sigterm_drains_with_healthz_503_then_exits_0(serve_node, serve_gateway):
+    serve_node("tests.services", ttl=3)
+    gw = serve_gateway("--grace", "3")
     assert gw.request("GET", "/healthz")[0] == 200
     gw.proc.send_signal(signal.SIGTERM)
     wait_until(lambda: gw.request("GET", "/healthz")[0] == 503, timeout=5, interval=0.02,
