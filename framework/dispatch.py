@@ -6,6 +6,7 @@ a request's ``method`` string is only ever used as a key into that table.
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
@@ -26,7 +27,7 @@ class Dispatcher:
 
     def __init__(self, instances: Iterable[Any], token: Optional[str] = None,
                  observe: Optional[Callable[[str, str, str, float], None]] = None):
-        self.table: Dict[str, Tuple[MethodSpec, Callable, str]] = {}
+        self.table: Dict[str, Tuple[MethodSpec, Callable, str, Optional[Tuple[int, float]]]] = {}
         self.token = token
         self._token = token.encode() if token is not None else b""
         self.observe = observe
@@ -34,7 +35,8 @@ class Dispatcher:
             spec = spec_of(type(instance))
             for name, mspec in spec.methods.items():
                 bound = mspec.function.__get__(instance, type(instance))
-                self.table[f"{spec.name}.{name}"] = (mspec, bound, spec.name)
+                self.table[f"{spec.name}.{name}"] = (mspec, bound, spec.name,
+                                                     _arity(mspec.signature))
 
     def handle(self, obj: Any, received: Optional[float] = None) -> Optional[dict]:
         """Run one decoded request object; returns the response object, or None for a notification."""
@@ -55,25 +57,27 @@ class Dispatcher:
         if entry is None:
             return protocol.error_response(req.id, MethodNotFound(
                 f"Method not found: {req.method}").to_error_object())
-        mspec, bound, service_name = entry
+        mspec, bound, service_name, arity = entry
+        started = time.monotonic()
         timeout_ms = req.meta.get("timeout_ms")
         if (isinstance(timeout_ms, (int, float)) and received is not None
-                and time.monotonic() - received > timeout_ms / 1000.0):
+                and started - received > timeout_ms / 1000.0):
             return protocol.error_response(req.id, DeadlineExceeded(
                 "deadline passed before the call started").to_error_object())
         params = req.params
-        started = time.monotonic()
         outcome = "ok"
         try:
-            try:
-                if isinstance(params, dict):
-                    mspec.signature.bind(**params)
-                else:
-                    mspec.signature.bind(*params)
-            except TypeError as exc:
-                outcome = "invalid_params"
-                return protocol.error_response(req.id, InvalidParams(
-                    f"Invalid params: {exc}").to_error_object())
+            # positional params against a plain signature: two comparisons, not Signature.bind
+            if arity is None or type(params) is not list or not arity[0] <= len(params) <= arity[1]:
+                try:
+                    if isinstance(params, dict):
+                        mspec.signature.bind(**params)
+                    else:
+                        mspec.signature.bind(*params)
+                except TypeError as exc:
+                    outcome = "invalid_params"
+                    return protocol.error_response(req.id, InvalidParams(
+                        f"Invalid params: {exc}").to_error_object())
             try:
                 result = bound(**params) if isinstance(params, dict) else bound(*params)
             except Exception as exc:  # the handler's failure is the caller's answer, not ours
@@ -84,3 +88,19 @@ class Dispatcher:
         finally:
             if self.observe is not None:
                 self.observe(service_name, mspec.name, outcome, time.monotonic() - started)
+
+
+def _arity(signature: inspect.Signature) -> Optional[Tuple[int, float]]:
+    """``(least, most)`` positional arguments that bind to ``signature``; None when a list of
+    positional arguments alone can never bind it (a required keyword-only parameter)."""
+    least, most = 0, 0.0
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            most = float("inf")
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            most += 1
+            if p.default is p.empty:
+                least += 1
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return None
+    return least, most

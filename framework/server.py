@@ -1,9 +1,9 @@
 """Serving: a gevent ``StreamServer`` that turns frames into dispatched calls and calls into frames,
 registers the node in etcd, and shuts down in the order that loses no call.
 
-Each connection has a reader greenlet. Every request runs in its own greenlet from a bounded pool
-(``max_concurrency``); when the pool is full the reader stops reading, so TCP pushes back on the
-sender instead of a queue growing without bound. Responses are written as they complete (out of
+Each connection has a reader greenlet. Every request runs in a long-lived worker greenlet from a
+bounded set (``max_concurrency``); when every worker is busy the reader stops reading, so TCP pushes
+back on the sender instead of a queue growing without bound. Responses are written as they complete (out of
 order) and coalesced: whatever responses are ready go out in one ``sendall``.
 
 ``stop()``: (1) revoke the lease, so clients drop the node within milliseconds; (2) keep serving for
@@ -21,7 +21,7 @@ import os
 import socket
 import ssl
 import time
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import gevent
 import gevent.event
@@ -56,6 +56,78 @@ def primary_address() -> str:
         return "127.0.0.1"
     finally:
         s.close()
+
+
+class Workers:
+    """At most ``size`` calls at once, each run by a long-lived worker greenlet.
+
+    A greenlet spawned per call cost the node its creation, pool bookkeeping and (Python 3.11) a
+    fresh frame-stack chunk - an mmap/munmap pair per call; a worker that finished a call parks and
+    takes the next one. :meth:`submit` blocks while ``size`` calls run: that is the backpressure.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._slots = gevent.lock.Semaphore(size)
+        self._parked: List[Any] = []   # idle workers, each waiting in hub.switch() for a job
+        self._busy = 0
+        self._idle = gevent.event.Event()
+        self._idle.set()
+        self._hub: Any = None
+
+    def __len__(self) -> int:
+        return self._busy
+
+    def _take(self) -> None:
+        self._slots.acquire()
+        self._busy += 1
+        if self._busy == 1:
+            self._idle.clear()
+
+    def _release(self, _greenlet: Any = None) -> None:
+        self._busy -= 1
+        if not self._busy:
+            self._idle.set()
+        self._slots.release()
+
+    def submit(self, fn: Callable, *args: Any) -> None:
+        """Run ``fn(*args)`` in a worker; blocks while ``size`` calls are running."""
+        self._take()
+        if self._parked:
+            if self._hub is None:
+                self._hub = gevent.get_hub()
+            # resumed by the hub on its next turn: the reader goes on reading the frames it has
+            self._hub.loop.run_callback(self._parked.pop().switch, fn, args)
+        else:
+            gevent.spawn(self._work, fn, args)
+
+    def spawn(self, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)`` in its own greenlet (for callers that want ``.get()``), counted in ``size``."""
+        self._take()
+        greenlet = gevent.spawn(fn, *args)
+        greenlet.rawlink(self._release)
+        return greenlet
+
+    def _work(self, fn: Callable, args: tuple) -> None:
+        hub, me, parked = gevent.get_hub(), gevent.getcurrent(), self._parked
+        while True:
+            try:
+                fn(*args)
+            except Exception:  # fn answers its own errors; this is a bug, not the caller's failure
+                log.exception("worker: %r failed", fn)
+            finally:
+                fn = args = None
+                self._release()
+            parked.append(me)
+            fn, args = hub.switch()
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        parked, self._parked = self._parked, []
+        for worker in parked:
+            worker.kill(block=False)
 
 
 class _Conn:
@@ -176,7 +248,7 @@ class Server:
             instance.client = self.client
         self.metrics = NodeMetrics(self)
         self.dispatcher = Dispatcher(self.instances, token=token, observe=self.metrics.observe)
-        self.pool = gevent.pool.Pool(max_concurrency)
+        self.pool = Workers(max_concurrency)
         self.registration: Optional[Registration] = None
         self.draining = False      # deregistered: still serving during the grace window
         self.going_away = False    # past the grace window: refuse new calls
@@ -253,6 +325,7 @@ class Server:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self.pool.close()
         if self.client is not None:
             self.client.close()
         if self.discovery is not None:
@@ -344,6 +417,7 @@ class Server:
                 except ProtocolError as exc:
                     self._reject(conn, exc)
                     break
+                received = time.monotonic()
                 for body in bodies:
                     try:
                         obj = protocol.unpack_body(body)
@@ -359,9 +433,10 @@ class Server:
                     # both block when full: the per-connection cap, then the node's pool; the
                     # reader stops reading, so TCP pushes back on the sender (no queue grows)
                     conn.slots.acquire()
+                    if not conn.in_flight:
+                        conn.idle.clear()
                     conn.in_flight += 1
-                    conn.idle.clear()
-                    self.pool.spawn(self._run, conn, obj, time.monotonic())
+                    self.pool.submit(self._run, conn, obj, received)
         finally:
             self._conns.discard(conn)
             if not conn.in_flight:
