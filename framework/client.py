@@ -131,7 +131,7 @@ class Client:
         balancer = self._balancers.get(service)
         if balancer is None:
             balancer = self._balancers.setdefault(service, self.balancer())
-        tried: set = set()
+        tried: Optional[set] = None   # nodes that failed this call; made on the first failure
         last_error: Optional[RpcError] = None
         pause = 0.005
         while True:
@@ -158,9 +158,12 @@ class Client:
                 continue  # first list not done yet; loop until it is or the deadline passes
             fresh = ([n for n in candidates if n.address not in tried] or candidates
                      if tried else candidates)
-            node = balancer.pick(fresh, self._usable)
-            if node is None:
-                node = balancer.pick(fresh)  # every node ejected: try one anyway
+            if len(fresh) == 1:
+                node = fresh[0]  # what pick returns for one node, usable or not
+            else:
+                node = balancer.pick(fresh, self._usable)
+                if node is None:
+                    node = balancer.pick(fresh)  # every node ejected: try one anyway
             load = balancer.begin(node)
             ok = False
             try:
@@ -192,6 +195,8 @@ class Client:
                 return result
             finally:
                 balancer.end(load, time.monotonic() - now, ok)
+            if tried is None:
+                tried = set()
             tried.add(node.address)
             if len(tried) >= len(candidates):
                 # every node failed once: pause briefly so a dead registry entry can expire

@@ -9,13 +9,17 @@ the errors of :mod:`framework.errors` here and nowhere else:
 * no answer in time -> :class:`Timeout`.
 
 Like discovery, it uses the process's own ``socket`` and ``threading`` modules, so it works with OS
-threads in a plain program and with greenlets in a gevent-patched one.
+threads in a plain program and with greenlets in a gevent-patched one. In a gevent-patched process a
+waiting call costs a ``gevent`` Waiter and nothing else: one sweeper greenlet per connection fails
+the calls whose deadline passed and checks the node's liveness, instead of a timer per call. In a
+plain program each call waits on its own ``threading.Event`` with a timeout.
 """
 from __future__ import annotations
 
 import collections
 import itertools
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -23,6 +27,7 @@ import time
 from typing import Any, Dict, Optional, Union
 
 import gevent
+from gevent.hub import Waiter as _Waiter
 
 from . import protocol
 from .errors import ConnectionLost, NotSent, ProtocolError, RpcError, Timeout, from_error_object
@@ -44,6 +49,10 @@ class _Pending:
 class Connection:
     """A client connection to one node. Create with :meth:`open`."""
 
+    # gevent world only: the sweeper greenlet and its wake-up (see _sweep)
+    _hub: Any = None
+    _sweeper: Any = None
+
     def __init__(self, address: str, sock: socket.socket, max_frame: int = protocol.MAX_FRAME):
         self.address = address
         self.sock = sock
@@ -58,6 +67,14 @@ class Connection:
         self._cooperative = _cooperative()
         self.last_recv = time.monotonic()
         self._ping_sent = 0.0       # when the outstanding liveness ping was sent (0: none)
+        self._stall_after = 0.0
+        if _green_threads():
+            # calls wait on gevent Waiters: ``_pending`` maps id -> (waiter, deadline, timeout,
+            # abandon_on_stall), and one sweeper per connection enforces the deadlines
+            import gevent.event
+            self._hub = gevent.get_hub()
+            self._wake_at = math.inf        # when the sweeper wakes next (inf: when kicked)
+            self._kick = gevent.event.Event()
         self._reader = threading.Thread(target=self._read_loop, name=f"framework-conn-{address}",
                                         daemon=True)
         self._reader.start()
@@ -108,9 +125,11 @@ class Connection:
         if not self.alive or not self.accepting:
             raise NotSent(f"connection to {self.address} is closed")
         rid = next(self._ids)
+        frame = protocol.pack(protocol.request(rid, method, params, int(timeout * 1000), token))
+        if self._hub is not None:
+            return self._call_green(rid, frame, timeout, stall_after, abandon_on_stall)
         pending = _Pending()
         self._pending[rid] = pending
-        frame = protocol.pack(protocol.request(rid, method, params, int(timeout * 1000), token))
         try:
             self._send(frame)
         except OSError as exc:
@@ -141,6 +160,84 @@ class Connection:
         if "error" in response:
             raise from_error_object(response["error"])
         return response.get("result")
+
+    def _call_green(self, rid: int, frame: bytes, timeout: float, stall_after: float,
+                    abandon_on_stall: bool) -> Any:
+        waiter = _Waiter(self._hub)
+        deadline = time.monotonic() + timeout
+        self._pending[rid] = (waiter, deadline, timeout, abandon_on_stall)
+        self._stall_after = stall_after
+        if deadline < self._wake_at:
+            self._wake_sweeper(deadline)
+        try:
+            self._send(frame)
+        except OSError as exc:
+            self._pending.pop(rid, None)
+            self._fail(exc)
+            raise ConnectionLost(f"send to {self.address} failed: {exc}") from None
+        try:
+            # the reader, the sweeper (deadline, stall) or _fail hands over the answer
+            response = waiter.get()
+        except BaseException:  # this caller was killed or timed out by its own code
+            self._pending.pop(rid, None)
+            raise
+        if type(response) is dict:
+            if "error" in response:
+                raise from_error_object(response["error"])
+            return response.get("result")
+        raise response
+
+    def _wake_sweeper(self, at: float) -> None:
+        self._wake_at = at
+        if self._sweeper is None:
+            self._sweeper = gevent.spawn(self._sweep)
+        else:
+            self._kick.set()
+
+    def _sweep(self) -> None:
+        """gevent world: fail calls whose deadline passed, ping a silent node while calls wait, and
+        abandon idempotent calls to a node that left its ping unanswered. Sleeps until the earliest
+        deadline or the next liveness check, or until a call with an earlier deadline kicks it."""
+        kick, pending = self._kick, self._pending
+        deliver = self._hub.loop.run_callback
+        while self.alive:
+            kick.clear()
+            now = time.monotonic()
+            wake = oldest = math.inf
+            expired = []
+            for rid, entry in list(pending.items()):
+                if entry[1] <= now:
+                    expired.append(rid)
+                else:
+                    wake = min(wake, entry[1])
+                    oldest = min(oldest, entry[1] - entry[2])
+            for rid in expired:
+                entry = pending.pop(rid, None)
+                if entry is not None:
+                    deliver(entry[0].switch, Timeout(
+                        f"no answer from {self.address} within {entry[2]:.3f}s"))
+            if expired:
+                self._retire_if_idle()
+            stall = self._stall_after
+            if stall and oldest < math.inf:
+                # as in the threaded world: a call that has waited stall/2 checks liveness
+                if now - oldest >= stall / 2:
+                    self._check_liveness(now, stall)
+                    if self.stalled(now, stall):
+                        self._abandon(stall)
+                    wake = min(wake, now + stall / 2)
+                else:
+                    wake = min(wake, oldest + stall / 2)
+            self._wake_at = wake
+            kick.wait(None if wake == math.inf else max(0.0, wake - time.monotonic()))
+        self._sweeper = None
+
+    def _abandon(self, stall: float) -> None:
+        deliver = self._hub.loop.run_callback
+        for rid, entry in list(self._pending.items()):
+            if entry[3] and self._pending.pop(rid, None) is not None:
+                deliver(entry[0].switch, ConnectionLost(
+                    f"{self.address} stopped answering (no reply to a ping in {stall:.2f}s)"))
 
     def _send(self, frame: bytes) -> None:
         """Queue ``frame``; whoever holds the write lock sends everything queued in one write, so
@@ -177,6 +274,8 @@ class Connection:
     def _read_loop(self) -> None:
         reader = protocol.FrameReader(self.max_frame)
         error: Optional[BaseException] = None
+        green = self._hub is not None
+        deliver = self._hub.loop.run_callback if green else None
         try:
             while True:
                 data = self.sock.recv(262144)
@@ -186,12 +285,15 @@ class Connection:
                 self._ping_sent = 0.0
                 for body in reader.feed(data):
                     msg = protocol.unpack_body(body)
-                    if not isinstance(msg, dict):
+                    if type(msg) is not dict:
                         raise ProtocolError("response is not a map")
                     pending = self._pending.pop(msg.get("id"), None)
                     if pending is not None:
-                        pending.response = msg
-                        pending.event.set()
+                        if green:
+                            deliver(pending[0].switch, msg)
+                        else:
+                            pending.response = msg
+                            pending.event.set()
                     elif msg.get("method") == _GOAWAY:
                         log.info("node %s is going away", self.address)
                         self.accepting = False
@@ -215,8 +317,13 @@ class Connection:
                 _, pending = self._pending.popitem()
             except KeyError:
                 break
-            pending.response = lost
-            pending.event.set()
+            if self._hub is not None:
+                self._hub.loop.run_callback(pending[0].switch, lost)
+            else:
+                pending.response = lost
+                pending.event.set()
+        if self._sweeper is not None:
+            self._kick.set()  # it sees the connection dead and ends
 
     def retire(self) -> None:
         """Take no new calls; close once the calls in flight have their answers."""
@@ -240,6 +347,13 @@ def _cooperative() -> bool:
     """True in a gevent-patched process: there, deferring a write by one turn of the loop batches it."""
     from gevent import monkey
     return monkey.is_module_patched("socket")
+
+
+def _green_threads() -> bool:
+    """True when ``threading`` is gevent-patched: calls wait on Waiters, and a sweeper greenlet
+    enforces their deadlines (a real OS thread would need ``threading.Event`` to be woken)."""
+    from gevent import monkey
+    return monkey.is_module_patched("threading")
 
 
 class NodeHealth:
@@ -324,10 +438,12 @@ class Pool:
             return conn
 
     def record(self, address: str, ok: bool, eject_now: bool = False) -> None:
-        h = self.health(address)
         if ok:
-            h.success()
+            h = self._health.get(address)
+            if h is not None and h.failures:
+                h.success()
             return
+        h = self.health(address)
         threshold = 1 if eject_now else self.eject_threshold
         if h.failure(time.monotonic(), threshold, self.eject_base, self.eject_cap):
             log.info("ejected node %s for %.1fs", address, h.ejected_until - time.monotonic())
