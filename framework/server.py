@@ -15,6 +15,7 @@ A Server needs a gevent-patched process (``python -m framework serve`` patches a
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -59,17 +60,23 @@ def primary_address() -> str:
 
 
 class Workers:
-    """At most ``size`` calls at once, each run by a long-lived worker greenlet.
+    """At most ``size`` calls at once, run by long-lived worker greenlets.
 
     A greenlet spawned per call cost the node its creation, pool bookkeeping and (Python 3.11) a
-    fresh frame-stack chunk - an mmap/munmap pair per call; a worker that finished a call parks and
-    takes the next one. :meth:`submit` blocks while ``size`` calls run: that is the backpressure.
+    fresh frame-stack chunk - an mmap/munmap pair per call. Here calls wait in a FIFO and a running
+    worker takes the next one as soon as its call returns, so a burst of calls that do not block
+    costs no greenlet switch at all. Before starting a call while others wait, a worker leaves the
+    hub a wake-up (:meth:`_dispatch`): the hub only runs it if the call blocks, and then it hands the
+    waiting calls to another worker. A call thus never waits behind a blocked one.
+    :meth:`submit` blocks while ``size`` calls are queued or running: that is the backpressure.
     """
 
     def __init__(self, size: int):
         self.size = size
         self._slots = gevent.lock.Semaphore(size)
-        self._parked: List[Any] = []   # idle workers, each waiting in hub.switch() for a job
+        self._jobs: collections.deque = collections.deque()
+        self._parked: List[Any] = []   # idle workers, each waiting in hub.switch()
+        self._scheduled = False        # a _dispatch is pending in the hub's callbacks
         self._busy = 0
         self._idle = gevent.event.Event()
         self._idle.set()
@@ -91,15 +98,26 @@ class Workers:
         self._slots.release()
 
     def submit(self, fn: Callable, *args: Any) -> None:
-        """Run ``fn(*args)`` in a worker; blocks while ``size`` calls are running."""
+        """Queue ``fn(*args)`` for a worker; blocks while ``size`` calls are queued or running."""
         self._take()
-        if self._parked:
-            if self._hub is None:
-                self._hub = gevent.get_hub()
-            # resumed by the hub on its next turn: the reader goes on reading the frames it has
-            self._hub.loop.run_callback(self._parked.pop().switch, fn, args)
-        else:
-            gevent.spawn(self._work, fn, args)
+        self._jobs.append((fn, args))
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._hub is None:
+            self._hub = gevent.get_hub()
+        self._scheduled = True
+        self._hub.loop.run_callback(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """In the hub: calls are waiting and no worker is running them - resume or start one."""
+        self._scheduled = False
+        if self._jobs:
+            if self._parked:
+                self._parked.pop().switch()
+            else:
+                gevent.spawn(self._work)
 
     def spawn(self, fn: Callable, *args: Any) -> Any:
         """``fn(*args)`` in its own greenlet (for callers that want ``.get()``), counted in ``size``."""
@@ -108,18 +126,22 @@ class Workers:
         greenlet.rawlink(self._release)
         return greenlet
 
-    def _work(self, fn: Callable, args: tuple) -> None:
-        hub, me, parked = gevent.get_hub(), gevent.getcurrent(), self._parked
+    def _work(self) -> None:
+        hub, me, jobs = gevent.get_hub(), gevent.getcurrent(), self._jobs
         while True:
-            try:
-                fn(*args)
-            except Exception:  # fn answers its own errors; this is a bug, not the caller's failure
-                log.exception("worker: %r failed", fn)
-            finally:
-                fn = args = None
-                self._release()
-            parked.append(me)
-            fn, args = hub.switch()
+            while jobs:
+                fn, args = jobs.popleft()
+                if jobs and not self._scheduled:
+                    self._schedule()  # runs only if this call blocks: another worker goes on
+                try:
+                    fn(*args)
+                except Exception:  # fn answers its own errors; this is a bug, not the caller's
+                    log.exception("worker: %r failed", fn)
+                finally:
+                    fn = args = None
+                    self._release()
+            self._parked.append(me)
+            hub.switch()
 
     def join(self, timeout: Optional[float] = None) -> bool:
         return self._idle.wait(timeout)
