@@ -70,6 +70,15 @@ def _no_timestamp_map(pairs: list) -> dict:
     return dict(pairs)
 
 
+def unpack_unmarked(body: bytes) -> Any:
+    """:func:`unpack_body` for a body known to hold no timestamp marker (see
+    :attr:`FrameReader.marked`): the marker search is done once per read instead of per frame."""
+    try:
+        return msgpack.unpackb(body, raw=False, ext_hook=_no_ext, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ParseError(f"invalid msgpack body: {exc}") from None
+
+
 def unpack_body(body: bytes) -> Any:
     try:
         obj = msgpack.unpackb(body, raw=False, ext_hook=_no_ext, strict_map_key=False)
@@ -89,30 +98,46 @@ class FrameTooLarge(ProtocolError):
 
 
 class FrameReader:
-    """Splits a byte stream into frame bodies. Feed it whatever ``recv`` returned."""
+    """Splits a byte stream into frame bodies. Feed it whatever ``recv`` returned.
 
-    __slots__ = ("max_frame", "_buf")
+    After each :meth:`feed`, :attr:`marked` is False when none of the returned bodies can hold a
+    msgpack timestamp, so they may be decoded with :func:`unpack_unmarked`."""
+
+    __slots__ = ("max_frame", "_buf", "marked")
 
     def __init__(self, max_frame: int = MAX_FRAME):
         self.max_frame = max_frame
         self._buf = bytearray()
+        self.marked = True
 
     def feed(self, data: bytes) -> List[bytes]:
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            data = buf
         bodies = []
-        pos, end = 0, len(buf)
+        pos, end = 0, len(data)
         while end - pos >= 4:
-            (n,) = _HEADER.unpack_from(buf, pos)
+            (n,) = _HEADER.unpack_from(data, pos)
             if n == 0 or n > self.max_frame:
                 del buf[:]
                 raise FrameTooLarge(f"frame length {n} outside 1..{self.max_frame}")
             if end - pos - 4 < n:
                 break
-            bodies.append(bytes(buf[pos + 4:pos + 4 + n]))
+            bodies.append(data[pos + 4:pos + 4 + n])
             pos += 4 + n
-        if pos:
-            del buf[:pos]
+        # one search over every complete frame read now (headers included: a false alarm there
+        # only costs the careful decode)
+        self.marked = pos > 0 and (data.find(b"\xd6\xff", 0, pos) >= 0 or
+                                   data.find(b"\xd7\xff", 0, pos) >= 0 or
+                                   data.find(b"\xc7\x0c\xff", 0, pos) >= 0)
+        if data is buf:
+            if pos:
+                del buf[:pos]
+            if bodies:
+                bodies = [bytes(b) for b in bodies]
+        elif pos < end:
+            buf += data[pos:]
         return bodies
 
     @property

@@ -440,9 +440,10 @@ class Server:
                     self._reject(conn, exc)
                     break
                 received = time.monotonic()
+                unpack = protocol.unpack_body if reader.marked else protocol.unpack_unmarked
                 for body in bodies:
                     try:
-                        obj = protocol.unpack_body(body)
+                        obj = unpack(body)
                     except ParseError as exc:
                         self._reject(conn, exc)
                         return

@@ -283,8 +283,10 @@ class Connection:
                     break
                 self.last_recv = time.monotonic()
                 self._ping_sent = 0.0
-                for body in reader.feed(data):
-                    msg = protocol.unpack_body(body)
+                bodies = reader.feed(data)
+                unpack = protocol.unpack_body if reader.marked else protocol.unpack_unmarked
+                for body in bodies:
+                    msg = unpack(body)
                     if type(msg) is not dict:
                         raise ProtocolError("response is not a map")
                     pending = self._pending.pop(msg.get("id"), None)
