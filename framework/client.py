@@ -75,6 +75,9 @@ class Client:
         proxy = self._proxies.get(name)
         if proxy is None:
             proxy = self._proxies.setdefault(name, ServiceProxy(self, name))
+        # found as a plain attribute from now on: no __getattr__ call per use (a name that reached
+        # __getattr__ is no attribute of the class, so nothing is shadowed)
+        self.__dict__[name] = proxy
         return proxy
 
     def nodes(self, service: str) -> List[str]:
@@ -212,7 +215,7 @@ def _idempotent(nodes: Sequence[Node], method: str) -> bool:
 class ServiceProxy:
     """``client.HelloService``; attribute access gives cached :class:`MethodProxy` objects."""
 
-    __slots__ = ("_client", "_service", "_methods")
+    __slots__ = ("_client", "_service", "_methods", "__dict__")
 
     def __init__(self, client: Client, service: str):
         self._client = client
@@ -225,6 +228,7 @@ class ServiceProxy:
         proxy = self._methods.get(name)
         if proxy is None:
             proxy = self._methods.setdefault(name, MethodProxy(self._client, self._service, name))
+        self.__dict__[name] = proxy  # a plain attribute from now on, as in Client.__getattr__
         return proxy
 
     def __repr__(self) -> str:

@@ -29,7 +29,7 @@ Frame layout (all integers big-endian)::
 from __future__ import annotations
 
 import struct
-from typing import Any, List, NamedTuple, Optional, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Union
 
 import msgpack
 
@@ -48,6 +48,18 @@ def pack(obj: Any) -> bytes:
     """One frame: header + msgpack body."""
     body = msgpack.packb(obj, use_bin_type=True)
     return _HEADER.pack(len(body)) + body
+
+
+def frame_packer() -> Callable[[Any], bytes]:
+    """A :func:`pack` that reuses one ``msgpack.Packer`` (``packb`` builds one per call). For one
+    thread of control only - a gevent hub's greenlets - since the Packer has a single buffer."""
+    packb = msgpack.Packer(use_bin_type=True).pack
+    header = _HEADER.pack
+
+    def pack_frame(obj: Any) -> bytes:
+        body = packb(obj)
+        return header(len(body)) + body
+    return pack_frame
 
 
 # msgpack decodes ext type -1 (timestamp) itself, without calling ext_hook. Its three encodings

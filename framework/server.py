@@ -270,6 +270,7 @@ class Server:
             instance.client = self.client
         self.metrics = NodeMetrics(self)
         self.dispatcher = Dispatcher(self.instances, token=token, observe=self.metrics.observe)
+        self._pack = protocol.frame_packer()   # the node's greenlets share one OS thread
         self.pool = Workers(max_concurrency)
         self.registration: Optional[Registration] = None
         self.draining = False      # deregistered: still serving during the grace window
@@ -494,7 +495,7 @@ class Server:
             response = self.dispatcher.handle(obj, received)
             if response is not None and not conn.closed:
                 try:
-                    frame = protocol.pack(response)
+                    frame = self._pack(response)
                 except Exception as exc:  # the handler returned something msgpack cannot encode
                     frame = protocol.pack(protocol.error_response(response.get("id"), InternalError(
                         f"result could not be encoded: {exc}").to_error_object()))
