@@ -156,9 +156,9 @@ class _Conn:
     """Server side of one client connection."""
 
     __slots__ = ("sock", "peer", "out", "out_bytes", "flushing", "drained", "in_flight", "closed",
-                 "idle", "slots")
+                 "idle", "slots", "queued")
 
-    def __init__(self, sock, peer, max_in_flight: int = 1 << 30):
+    def __init__(self, sock, peer, max_in_flight: int = 1 << 30, queued: Any = ()):
         self.sock = sock
         self.peer = peer
         self.out: List[bytes] = []
@@ -171,6 +171,7 @@ class _Conn:
         self.idle.set()
         # the per-connection in-flight cap: the reader takes a slot per request, the call frees it
         self.slots = gevent.lock.BoundedSemaphore(max_in_flight)
+        self.queued = queued   # the node's calls waiting for a worker (Workers._jobs)
 
     def send(self, frame: bytes) -> None:
         # Coalesce: the first writer flushes everything queued while it was blocked in sendall.
@@ -180,9 +181,11 @@ class _Conn:
             return
         self.flushing = True
         try:
-            # one turn of the loop first: the handlers that are ready now queue their frames too,
-            # so a burst of responses costs one sendall instead of one each
-            gevent.sleep(0)
+            # one turn of the loop first when calls are waiting: they run now and queue their
+            # frames too, so a burst of responses costs one sendall instead of one each (a lone
+            # call's answer goes out at once)
+            if self.queued:
+                gevent.sleep(0)
             while self.out and not self.closed:
                 chunk = b"".join(self.out) if len(self.out) > 1 else self.out[0]
                 self.out.clear()
@@ -408,7 +411,7 @@ class Server:
             if first is not None:
                 sock.close()
             return
-        conn = _Conn(sock, peer, self.max_conn_in_flight)
+        conn = _Conn(sock, peer, self.max_conn_in_flight, self.pool._jobs)
         self._conns.add(conn)
         reader = protocol.FrameReader(self.max_frame)
         frame_began = time.monotonic()
