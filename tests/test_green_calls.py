@@ -30,7 +30,7 @@ def test_deadlines_and_a_frozen_node_in_a_patched_client(etcd, serve_node, proce
     assert basics["concurrent_ok"] == 64
     assert basics["left_pending"] == 0
 
-    second = serve_node("tests.services")
+    serve_node("tests.services")   # a second node to fail over to
     wait_until(lambda: phase("freeze"), timeout=30, message="callers running on both nodes")
     first.freeze()
     try:
