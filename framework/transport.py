@@ -132,12 +132,7 @@ class Connection:
             return self._call_green(rid, frame, timeout, stall_after, abandon_on_stall)
         pending = _Pending()
         self._pending[rid] = pending
-        try:
-            self._send(frame)
-        except OSError as exc:
-            self._pending.pop(rid, None)
-            self._fail(exc)
-            raise ConnectionLost(f"send to {self.address} failed: {exc}") from None
+        self._send_request(rid, frame)
         if not stall_after:
             done = pending.event.wait(timeout)
         else:
@@ -163,6 +158,14 @@ class Connection:
             raise from_error_object(response["error"])
         return response.get("result")
 
+    def _send_request(self, rid: int, frame: bytes) -> None:
+        try:
+            self._send(frame)
+        except OSError as exc:
+            self._pending.pop(rid, None)
+            self._fail(exc)
+            raise ConnectionLost(f"send to {self.address} failed: {exc}") from None
+
     def _call_green(self, rid: int, frame: bytes, timeout: float, stall_after: float,
                     abandon_on_stall: bool) -> Any:
         waiter = _Waiter(self._hub)
@@ -171,12 +174,7 @@ class Connection:
         self._stall_after = stall_after
         if deadline < self._wake_at:
             self._wake_sweeper(deadline)
-        try:
-            self._send(frame)
-        except OSError as exc:
-            self._pending.pop(rid, None)
-            self._fail(exc)
-            raise ConnectionLost(f"send to {self.address} failed: {exc}") from None
+        self._send_request(rid, frame)
         try:
             # the reader, the sweeper (deadline, stall) or _fail hands over the answer
             response = waiter.get()

@@ -1,27 +1,14 @@
 """The client in a gevent-patched process: waiting calls hold a Waiter, and one sweeper greenlet per
 connection enforces deadlines and detects a frozen node (tests/green_probe.py runs the calls)."""
-import json
-import subprocess
-import sys
-import threading
 
 from framework.testing import wait_until
+from tests.probes import start_probe
 
 
 def test_deadlines_and_a_frozen_node_in_a_patched_client(etcd, serve_node, processes):
     first = serve_node("tests.services")
-    proc = subprocess.Popen([sys.executable, "tests/green_probe.py", etcd.endpoint],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-    class Kill:
-        def close(self):
-            proc.kill()
-    processes.add(Kill())
-    lines = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    phase = lambda name: next((m for m in map(json.loads, list(lines))  # noqa: E731
-                               if m["phase"] == name), None)
+    proc, messages = start_probe(processes, "tests/green_probe.py", etcd.endpoint)
+    phase = lambda name: next((m for m in messages() if m["phase"] == name), None)  # noqa: E731
     basics = wait_until(lambda: phase("basics"), timeout=30, message="the basic calls")
     kind, took = basics["short"]
     assert kind == "framework.errors.Timeout" and 0.3 <= took < 0.8, basics

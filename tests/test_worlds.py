@@ -1,31 +1,19 @@
 """The client keeps its cache current in a plain threaded program and in a gevent-patched one."""
-import json
-import subprocess
-import sys
-import threading
 
 import pytest
 
 from framework.testing import wait_until
+from tests.probes import start_probe
 
 
 @pytest.mark.parametrize("world", ["plain", "patched"])
 def test_cache_stays_current_while_the_caller_sleeps(world, tmp_path, etcd, serve_node, processes):
     first = serve_node("tests.services")
     flag = tmp_path / "go"
-    args = [sys.executable, "tests/probe_client.py", etcd.endpoint, str(flag)]
+    args = ["tests/probe_client.py", etcd.endpoint, str(flag)]
     if world == "patched":
         args.append("--patched")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-    class Kill:
-        def close(self):
-            proc.kill()
-    processes.add(Kill())
-    lines = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    parsed = lambda: [json.loads(line) for line in list(lines)]  # noqa: E731
+    proc, parsed = start_probe(processes, *args)
     wait_until(lambda: any("ready" in m for m in parsed()), timeout=15)
     assert [m for m in parsed() if "ready" in m][0]["ready"] == [first.address]
 
