@@ -15,22 +15,16 @@ after one success; a node that leaves the registry is forgotten.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .balancer import P2C
 from .discovery import DEFAULT_PREFIX, Discovery, Node
 from .errors import (ConnectionLost, MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout)
-from .etcd import Etcd, EtcdConfig, parse_endpoints
+from .etcd import Etcd, EtcdConfig
 from .transport import Pool
 
 log = logging.getLogger(__name__)
-
-
-def default_endpoints(etcd: Union[None, str, Sequence[str]]) -> List[str]:
-    """``etcd=`` as given, else ``$ETCD_ENDPOINTS``, else ``127.0.0.1:2379``."""
-    return parse_endpoints(etcd, os.environ.get("ETCD_ENDPOINTS"))
 
 
 class Client:
@@ -61,7 +55,6 @@ class Client:
         # tls: an ssl.SSLContext or a CA bundle path, to verify nodes whose RPC port is TLS
         self.pool = pool or Pool(tls=tls)
         self._balancers: Dict[str, Any] = {}
-        self._proxies: Dict[str, ServiceProxy] = {}
         # "Service.method" -> (snapshot, candidates, idempotent): recomputed only when the
         # discovery snapshot changes, so a call does no per-node work
         self._routes: Dict[str, tuple] = {}
@@ -72,13 +65,9 @@ class Client:
     def __getattr__(self, name: str) -> "ServiceProxy":
         if name.startswith("_"):
             raise AttributeError(name)
-        proxy = self._proxies.get(name)
-        if proxy is None:
-            proxy = self._proxies.setdefault(name, ServiceProxy(self, name))
-        # found as a plain attribute from now on: no __getattr__ call per use (a name that reached
-        # __getattr__ is no attribute of the class, so nothing is shadowed)
-        self.__dict__[name] = proxy
-        return proxy
+        # cached as a plain attribute: no __getattr__ call per use (a name that reached __getattr__
+        # is no attribute of the class, so nothing is shadowed); setdefault keeps one per name
+        return self.__dict__.setdefault(name, ServiceProxy(self, name))
 
     def nodes(self, service: str) -> List[str]:
         """Addresses of the live nodes of ``service``, from the watched cache."""
@@ -215,21 +204,17 @@ def _idempotent(nodes: Sequence[Node], method: str) -> bool:
 class ServiceProxy:
     """``client.HelloService``; attribute access gives cached :class:`MethodProxy` objects."""
 
-    __slots__ = ("_client", "_service", "_methods", "__dict__")
+    __slots__ = ("_client", "_service", "__dict__")
 
     def __init__(self, client: Client, service: str):
         self._client = client
         self._service = service
-        self._methods: Dict[str, MethodProxy] = {}
 
     def __getattr__(self, name: str) -> "MethodProxy":
         if name.startswith("_"):
             raise AttributeError(name)
-        proxy = self._methods.get(name)
-        if proxy is None:
-            proxy = self._methods.setdefault(name, MethodProxy(self._client, self._service, name))
-        self.__dict__[name] = proxy  # a plain attribute from now on, as in Client.__getattr__
-        return proxy
+        # a plain attribute from now on, as in Client.__getattr__
+        return self.__dict__.setdefault(name, MethodProxy(self._client, self._service, name))
 
     def __repr__(self) -> str:
         return f"<ServiceProxy {self._service}>"

@@ -36,6 +36,11 @@ import msgpack
 from .errors import InvalidRequest, ParseError, ProtocolError
 
 MAX_FRAME = 8 * 1024 * 1024
+
+# Control frames (docs/protocol.md): a node answers PING from its connection reader, without a
+# handler, so a missing answer means the node is stalled; GOAWAY tells a client the node is draining.
+PING = "$ping"
+GOAWAY = "$goaway"
 _HEADER = struct.Struct(">I")
 _NO_ID = object()
 

@@ -43,7 +43,7 @@ from .service import spec_of
 
 log = logging.getLogger(__name__)
 
-_GOAWAY_FRAME = protocol.pack({"jsonrpc": "2.0", "method": "$goaway", "params": []})
+_GOAWAY_FRAME = protocol.pack({"jsonrpc": "2.0", "method": protocol.GOAWAY, "params": []})
 _PONG_FRAME = protocol.pack({"jsonrpc": "2.0", "id": 0, "result": "pong"})
 
 
@@ -451,7 +451,7 @@ class Server:
                     except ParseError as exc:
                         self._reject(conn, exc)
                         return
-                    if type(obj) is dict and obj.get("method") == "$ping":
+                    if type(obj) is dict and obj.get("method") == protocol.PING:
                         conn.send(_PONG_FRAME)  # liveness: answered here, even when busy
                         continue
                     if self.going_away:

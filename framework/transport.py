@@ -34,8 +34,6 @@ from .errors import ConnectionLost, NotSent, ProtocolError, RpcError, Timeout, f
 
 log = logging.getLogger(__name__)
 
-_GOAWAY = "$goaway"
-_PING = "$ping"   # answered by the node's connection reader itself, never by a handler
 
 
 class _Pending:
@@ -113,7 +111,7 @@ class Connection:
         self._ping_sent = now
         try:
             with self._write_lock:
-                self.sock.sendall(protocol.pack({"jsonrpc": "2.0", "id": 0, "method": _PING}))
+                self.sock.sendall(protocol.pack({"jsonrpc": "2.0", "id": 0, "method": protocol.PING}))
         except OSError as exc:
             self._fail(exc)
 
@@ -296,7 +294,7 @@ class Connection:
                         else:
                             pending.response = msg
                             pending.event.set()
-                    elif msg.get("method") == _GOAWAY:
+                    elif msg.get("method") == protocol.GOAWAY:
                         log.info("node %s is going away", self.address)
                         self.accepting = False
                 if not self.accepting and not self._pending:
