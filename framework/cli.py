@@ -377,6 +377,8 @@ def cmd_watch(args) -> int:
     discovery.subscribe(watcher)
     for name in sorted(initial):
         discovery.watch(name)
+    # anything registered from here on is news ('join'), not state at start ('present')
+    log.info("watching %s", args.service or f"all services under {args.prefix}")
     try:
         while not stop.wait(args.interval):
             if args.service:

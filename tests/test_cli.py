@@ -103,18 +103,30 @@ class Watch:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.lines: "queue.Queue[str]" = queue.Queue()
+        self.stderr: "list[str]" = []
+        self.watching = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
 
     def _read(self):
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
 
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            if "watching" in line:
+                self.watching.set()
+
+    def wait_watching(self, timeout=20.0) -> None:
+        """Blocks until the initial list is done: a node registered after this is a 'join'."""
+        assert self.watching.wait(timeout), f"watch never started; stderr: {''.join(self.stderr)}"
+
     def next(self, timeout=20.0) -> str:
         try:
             return self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no watch line within {timeout}s; stderr: "
-                                 f"{self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+            raise AssertionError(f"no watch line within {timeout}s; stderr: {''.join(self.stderr)}")
 
     def close(self):
         if self.proc.poll() is None:
@@ -124,9 +136,10 @@ class Watch:
 
 def test_watch_streams_joins_and_leaves(serve_node, etcd, processes):
     first = serve_node("tests.services")
-    w = processes.add(Watch("HelloService", "--etcd", etcd.endpoint))
+    w = processes.add(Watch("HelloService", "--etcd", etcd.endpoint, "--log-level", "info"))
     line = w.next().split()
     assert line[1:4] == ["present", "HelloService", first.address]
+    w.wait_watching()
     second = serve_node("tests.services")
     assert w.next().split()[1:4] == ["join", "HelloService", second.address]
     first.terminate()   # SIGTERM: deregisters at once
@@ -136,7 +149,9 @@ def test_watch_streams_joins_and_leaves(serve_node, etcd, processes):
 
 
 def test_watch_all_services_as_json_picks_up_new_services(serve_node, etcd, processes):
-    w = processes.add(Watch("--etcd", etcd.endpoint, "--json", "--interval", "0.2"))
+    w = processes.add(Watch("--etcd", etcd.endpoint, "--json", "--interval", "0.2",
+                            "--log-level", "info"))
+    w.wait_watching()
     spec = serve_node("tests.spec_services")
     event = json.loads(w.next())
     assert (event["event"], event["service"], event["address"]) == ("join", "Spec", spec.address)
