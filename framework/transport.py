@@ -50,7 +50,7 @@ class Connection:
     # gevent world only: the sweeper greenlet and its wake-up (see _sweep)
     _hub: Any = None
     _sweeper: Any = None
-    _pack = staticmethod(protocol.pack)
+    _pack = staticmethod(protocol.request_packer(one_thread=False))
 
     def __init__(self, address: str, sock: socket.socket, max_frame: int = protocol.MAX_FRAME):
         self.address = address
@@ -74,7 +74,7 @@ class Connection:
             self._hub = gevent.get_hub()
             self._wake_at = math.inf        # when the sweeper wakes next (inf: when kicked)
             self._kick = gevent.event.Event()
-            self._pack = protocol.frame_packer()   # callers share this OS thread
+            self._pack = protocol.request_packer()   # callers share this OS thread
         self._reader = threading.Thread(target=self._read_loop, name=f"framework-conn-{address}",
                                         daemon=True)
         self._reader.start()
@@ -125,7 +125,7 @@ class Connection:
         if not self.alive or not self.accepting:
             raise NotSent(f"connection to {self.address} is closed")
         rid = next(self._ids)
-        frame = self._pack(protocol.request(rid, method, params, int(timeout * 1000), token))
+        frame = self._pack(rid, method, params, int(timeout * 1000), token)
         if self._hub is not None:
             return self._call_green(rid, frame, timeout, stall_after, abandon_on_stall)
         pending = _Pending()

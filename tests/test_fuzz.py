@@ -232,3 +232,27 @@ def test_the_whole_receive_path_on_mixed_frames_and_garbage(chunks):
             if response is not None:
                 _check_response(response, obj)
     assert REACHED == []
+
+
+comparable = st.recursive(   # like ``values`` without NaN, which never equals itself
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=20) | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=20)
+
+
+@FUZZ
+@given(rid=st.integers(0, 2**64 - 1) | st.text(max_size=20), method=st.text(max_size=40),
+       params=(st.lists(comparable, max_size=4)
+               | st.dictionaries(st.text(max_size=8), comparable, max_size=4)),
+       timeout_ms=st.none() | st.integers(0, 2**32), token=st.none() | st.text(max_size=20),
+       one_thread=st.booleans())
+def test_request_packer_frames_decode_to_the_documented_request(rid, method, params, timeout_ms,
+                                                                 token, one_thread):
+    # the client's cached encoding must be indistinguishable from packing protocol.request()
+    frame = protocol.request_packer(one_thread)(rid, method, params, timeout_ms, token)
+    [body] = protocol.FrameReader().feed(frame)
+    expected = protocol.request(rid, method, params, timeout_ms, token)
+    assert len(body) == len(frame) - 4
+    assert msgpack.unpackb(body, raw=False, strict_map_key=False) == expected
