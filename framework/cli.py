@@ -171,7 +171,8 @@ def cmd_gateway(args) -> int:
     limits = Limits(max_body=args.max_body, max_batch=args.max_batch, max_depth=args.max_depth)
     gateway = Gateway(etcd_config(args), prefix=args.prefix, timeout=args.timeout,
                       max_timeout=args.max_timeout, limits=limits,
-                      token=args.token or os.environ.get("FRAMEWORK_TOKEN") or None)
+                      token=args.token or os.environ.get("FRAMEWORK_TOKEN") or None,
+                      services=args.service)
     gateway.grace = args.grace
     try:
         gateway.start(args.host, args.port, max_connections=args.max_connections)
@@ -522,6 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, seconds /healthz says 503 before the port closes (default 0.5)")
     g.add_argument("--token", default=None,
                    help="shared token sent to the nodes on every call ($FRAMEWORK_TOKEN)")
+    g.add_argument("--service", action="append", default=[], metavar="NAME",
+                   help="a service this gateway fronts (repeatable): while none of its nodes is "
+                   "registered, even since before the gateway started, its calls get 503 "
+                   "(-32010), not 404")
     g.set_defaults(func=cmd_gateway, default_level="info")
 
     c = sub.add_parser("call", help="call Service.method once and print the JSON result",

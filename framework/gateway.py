@@ -7,7 +7,9 @@ and what a failure looks like over HTTP:
 
 * ``"Service.method"`` of a service that has no key in the registry -> -32601 (404). The gateway
   only starts watching services that exist, so made-up names cannot make it open watches (the list
-  of names is re-read from etcd at most every ``names_refresh`` seconds, on a miss);
+  of names is re-read from etcd at most every ``names_refresh`` seconds, on a miss). Services named
+  in ``services=`` (``--service``) count as existing from the start, so during a full outage of one
+  of them - even one that began before the gateway started - its callers get 503, not 404;
 * a known service with no live node, or nodes that all failed -> -32010 ServiceUnavailable (503);
 * the deadline passed -> -32002 (504); a node lost mid-call -> -32603 (502);
 * a handler's exception -> -32000 with ``data = {"type", "message"}`` (200: the call was answered).
@@ -81,7 +83,8 @@ class Gateway:
 
     def __init__(self, etcd: Union[None, str, Sequence[str]] = None, *, prefix: str = DEFAULT_PREFIX,
                  timeout: float = 5.0, max_timeout: float = 60.0, limits: Limits = Limits(),
-                 token: Optional[str] = None, client: Optional[Client] = None):
+                 token: Optional[str] = None, client: Optional[Client] = None,
+                 services: Sequence[str] = ()):
         self.client = client or Client(etcd=etcd, timeout=timeout, prefix=prefix, token=token)
         self._owns_client = client is None
         self.timeout = timeout
@@ -90,7 +93,8 @@ class Gateway:
         self.metrics = GatewayMetrics(self)
         self.rpc = JsonRpcHttp(self._invoke, limits, statuses={InternalError.code: 502})
         self.draining = False
-        self._known: set = set()          # services seen in the registry; the only ones called
+        # services seen in the registry, or declared: the only ones called
+        self._known: set = set(services)
         self._names_at = 0.0
         self._names_lock = threading.Lock()
         self._server: Optional[WSGIServer] = None

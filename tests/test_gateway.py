@@ -301,6 +301,23 @@ def test_backend_down_is_503_with_a_json_rpc_error(serve_node, serve_gateway):
                interval=0.05, message="gateway sees the new node")
 
 
+def test_declared_service_in_a_full_outage_since_before_start_is_503(serve_node, serve_gateway):
+    # no node of HelloService has ever registered on this etcd when the gateway starts
+    gw = serve_gateway("--timeout", "2", "--service", "HelloService")
+    started = time.monotonic()
+    status, answer = gw.post(call("HelloService.Hello", ["x"], 1))
+    assert (status, answer["error"]["code"], answer["id"]) == (503, -32010, 1)
+    assert time.monotonic() - started < 3
+    # a name nobody declared or registered is still "no such method", and opens no watch
+    status, answer = gw.post(call("Nobody.Hello", ["x"], 2))
+    assert (status, answer["error"]["code"]) == (404, -32601)
+    # the declared service is served as soon as a node registers
+    serve_node("tests.services")
+    wait_until(lambda: gw.post(call("HelloService.Hello", ["y"], 3)) == (
+        200, {"jsonrpc": "2.0", "id": 3, "result": "hello:y"}), timeout=10, interval=0.05,
+        message="gateway sees the first node")
+
+
 def test_sigterm_drains_with_healthz_503_then_exits_0(serve_node, serve_gateway):
     serve_node("tests.services", ttl=3)
     gw = serve_gateway("--grace", "3")
