@@ -88,6 +88,7 @@ class NodeHttp:
         self.server = server
         # HTTP calls run in the node's own pool: they count as in flight and share its limit
         self.rpc = JsonRpcHttp(self._invoke, limits, spawn=self._spawn)
+        self.connections: set = set()   # sockets being served as HTTP
         self._wsgi = WSGIServer(("127.0.0.1", 0), self.app, log=None,
                                 error_log=LoggingLogAdapter(log, logging.ERROR))
 
@@ -96,7 +97,11 @@ class NodeHttp:
 
     def serve(self, sock, peer, first: bytes) -> None:
         """Serve an accepted connection whose first bytes (already read) are ``first``."""
-        self._wsgi.handle(_Replay(sock, first), peer)
+        self.connections.add(sock)   # Server.stop closes the ones still open (keep-alive)
+        try:
+            self._wsgi.handle(_Replay(sock, first), peer)
+        finally:
+            self.connections.discard(sock)
 
     def _invoke(self, req: protocol.Request) -> dict:
         if self.server.going_away:

@@ -372,6 +372,13 @@ class Server:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        # HTTP keep-alive connections too: their calls are done (the pool drained), and a client
+        # waiting on one must see the close, not a node that is gone but still holds the socket
+        for sock in list(self.http.connections):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.pool.close()
         if self.client is not None:
             self.client.close()

@@ -3,7 +3,10 @@
 Real node processes, real etcd, real sockets; metrics are read back as Prometheus text.
 """
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import framework
 from framework.testing import http_request, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def metrics(address) -> dict:
@@ -174,3 +179,15 @@ def test_lease_regrant_shows_in_metrics(serve_node, make_client):
     assert sample(m, "framework_registered") == 1
     wait_until(lambda: client.nodes("HelloService") == [node.address], timeout=10,
                message="registered again")
+
+
+def test_in_process_stop_closes_http_keep_alive_connections():
+    # python tests/stop_probe.py: Server in a patched process, one keep-alive POST, then stop()
+    done = subprocess.run([sys.executable, "tests/stop_probe.py"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["answer"] == {"jsonrpc": "2.0", "id": 1, "result": "hello:x"}
+    assert out["keep_alive"] is True
+    print(f"\nkeep-alive HTTP connection closed {out['closed_after']:.3f}s into stop()")
+    assert out["closed_after"] is not None and out["closed_after"] < 5
