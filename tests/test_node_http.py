@@ -191,3 +191,32 @@ def test_in_process_stop_closes_http_keep_alive_connections():
     assert out["keep_alive"] is True
     print(f"\nkeep-alive HTTP connection closed {out['closed_after']:.3f}s into stop()")
     assert out["closed_after"] is not None and out["closed_after"] < 5
+
+
+def test_a_lone_call_that_blocks_does_not_stop_its_connection(serve_node):
+    # A lone request runs in the connection's reader greenlet (no hand-off to a worker). When it
+    # blocks, another greenlet must take over reading: pings and new calls on the same connection
+    # are answered while it sleeps.
+    from framework import protocol
+    node = serve_node("tests.services")
+    host, port = node.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(protocol.pack(protocol.request(1, "HelloService.Sleep", [1.5])))
+        wait_until(lambda: sample(metrics(node.address), "framework_calls_in_flight") == 1,
+                   timeout=5, interval=0.02, message="the Sleep call running")
+        t0 = time.monotonic()
+        sock.sendall(protocol.pack({"jsonrpc": "2.0", "id": 0, "method": protocol.PING})
+                     + protocol.pack(protocol.request(2, "HelloService.Hello", ["x"])))
+        reader, answers = protocol.FrameReader(), {}
+        while len(answers) < 3:
+            data = sock.recv(65536)
+            assert data, f"connection closed after {sorted(answers)}"
+            for body in reader.feed(data):
+                msg = protocol.unpack_body(body)
+                answers[msg["id"]] = (msg.get("result"), time.monotonic() - t0)
+    print(f"\nwhile a lone call slept: pong after {answers[0][1] * 1000:.1f} ms, another call "
+          f"after {answers[2][1] * 1000:.1f} ms; the sleeper after {answers[1][1]:.2f} s")
+    assert answers[0][0] == "pong" and answers[2][0] == "hello:x"
+    assert answers[1][0] == node.pid
+    # both answered while the sleeper still slept, which answered last
+    assert answers[0][1] < 1.0 and answers[2][1] < 1.0 and answers[1][1] > answers[2][1]
