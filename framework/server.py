@@ -40,6 +40,7 @@ from .httpapi import NodeHttp, sniff
 from .metrics import NodeMetrics
 from .registry import Registration
 from .service import spec_of
+from .transport import send_all
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class _Conn:
         chunk = b"".join(out) if len(out) > 1 else out[0]
         out.clear()
         try:
-            self.sock.sendall(chunk)
+            send_all(self.sock, chunk)
         except OSError:
             self.closed = True
             return

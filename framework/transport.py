@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 
 
 
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """``sock.sendall(data)`` without gevent's ``getsockopt(SO_SNDBUF)`` per call: one ``send``
+    takes a whole burst whenever the socket buffer has room (the usual case), and ``sendall``
+    finishes what it did not take."""
+    n = sock.send(data)
+    if n < len(data):
+        sock.sendall(memoryview(data)[n:])
+
+
 class _Pending:
     __slots__ = ("event", "response")
 
@@ -263,8 +272,8 @@ class Connection:
         try:
             while out:
                 n = len(out)
-                self.sock.sendall(out.popleft() if n == 1 else
-                                  b"".join([out.popleft() for _ in range(n)]))
+                send_all(self.sock, out.popleft() if n == 1 else
+                         b"".join([out.popleft() for _ in range(n)]))
         except OSError:
             out.clear()  # the connection is dead: their callers get ConnectionLost from _fail
             raise
