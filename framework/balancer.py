@@ -40,7 +40,7 @@ class RoundRobin:
     def begin(self, node: Any) -> None:
         return None
 
-    def end(self, token: Any, seconds: float, ok: bool) -> None:
+    def end(self, token: Any, seconds: float, ok: bool, now: Optional[float] = None) -> None:
         pass
 
     def forget(self, node: Any) -> None:
@@ -124,12 +124,15 @@ class P2C:
         load.outstanding += 1
         return load
 
-    def end(self, token: _Load, seconds: float, ok: bool) -> None:
+    def end(self, token: _Load, seconds: float, ok: bool, now: Optional[float] = None) -> None:
+        """The call begun with ``token`` took ``seconds``; ``now``: the caller's clock reading,
+        if it has one (saves reading it again)."""
         load = token
         load.outstanding = max(0, load.outstanding - 1)
         if not ok:
             seconds = max(seconds, self.penalty)
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         if seconds >= load.ewma:
             load.ewma = seconds  # peak: a slowdown shows at once
         else:

@@ -118,7 +118,8 @@ class Client:
                     balancer.forget(node)
 
     def _call(self, service: str, name: str, method: str, params: Any, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = now + timeout
         discovery, pool = self.discovery, self.pool
         balancer = self._balancers.get(service)
         if balancer is None:
@@ -127,7 +128,6 @@ class Client:
         last_error: Optional[RpcError] = None
         pause = 0.005
         while True:
-            now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:
                 if last_error is not None and not isinstance(last_error, Timeout):
@@ -147,6 +147,7 @@ class Client:
                     raise MethodNotFound(f"Method not found: {method} (no node of {service} has it)")
                 if discovery.ready(service):
                     raise ServiceUnavailable(f"no live node of {service}")
+                now = time.monotonic()
                 continue  # first list not done yet; loop until it is or the deadline passes
             fresh = ([n for n in candidates if n.address not in tried] or candidates
                      if tried else candidates)
@@ -161,7 +162,7 @@ class Client:
             try:
                 conn = pool.get(node.address, remaining)
                 result = conn.call(method, params, remaining, self.token, pool.stall_after,
-                                   idempotent)
+                                   idempotent, deadline)
                 ok = True
             except NotSent as exc:
                 pool.record(node.address, ok=False, eject_now=True)
@@ -183,10 +184,11 @@ class Client:
                     raise
                 last_error = exc  # going away / overloaded: the node did not run it
             else:
-                pool.record(node.address, ok=True)
+                pool.record(node.address, True)
                 return result
             finally:
-                balancer.end(load, time.monotonic() - now, ok)
+                ended = time.monotonic()
+                balancer.end(load, ended - now, ok, ended)
             if tried is None:
                 tried = set()
             tried.add(node.address)
@@ -195,6 +197,7 @@ class Client:
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 0.2)
                 tried.clear()
+            now = time.monotonic()
 
 
 def _idempotent(nodes: Sequence[Node], method: str) -> bool:
@@ -231,8 +234,9 @@ class MethodProxy:
         if args and kwargs:
             raise TypeError("JSON-RPC params are either positional or named, not both")
         client = self._client
-        return client._call(self._service, self._name, self._method,
-                            kwargs if kwargs else list(args), client.timeout)
+        # a tuple of args packs as the same msgpack array a list would: no copy
+        return client._call(self._service, self._name, self._method, kwargs or args,
+                            client.timeout)
 
     def __repr__(self) -> str:
         return f"<MethodProxy {self._method}>"

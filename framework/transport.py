@@ -125,8 +125,10 @@ class Connection:
             self._fail(exc)
 
     def call(self, method: str, params: Any, timeout: float, token: Optional[str] = None,
-             stall_after: float = 0.0, abandon_on_stall: bool = False) -> Any:
-        """Send one request and wait for its result (or raise its error).
+             stall_after: float = 0.0, abandon_on_stall: bool = False,
+             deadline: Optional[float] = None) -> Any:
+        """Send one request and wait for its result (or raise its error). ``deadline``: the
+        ``time.monotonic()`` value ``timeout`` ends at, when the caller already has it.
 
         With ``stall_after``, a call that has waited that long checks the node's liveness with a
         ping; if the ping goes unanswered as long again and ``abandon_on_stall`` (the method is
@@ -135,15 +137,17 @@ class Connection:
             raise NotSent(f"connection to {self.address} is closed")
         rid = next(self._ids)
         frame = self._pack(rid, method, params, int(timeout * 1000), token)
+        if deadline is None:
+            deadline = time.monotonic() + timeout
         if self._hub is not None:
-            return self._call_green(rid, frame, timeout, stall_after, abandon_on_stall)
+            return self._call_green(rid, frame, timeout, deadline, stall_after, abandon_on_stall)
         pending = _Pending()
         self._pending[rid] = pending
         self._send_request(rid, frame)
         if not stall_after:
             done = pending.event.wait(timeout)
         else:
-            end = time.monotonic() + timeout
+            end = deadline
             while not (done := pending.event.wait(
                     min(stall_after / 2, max(0.0, end - time.monotonic())))):
                 now = time.monotonic()
@@ -173,10 +177,9 @@ class Connection:
             self._fail(exc)
             raise ConnectionLost(f"send to {self.address} failed: {exc}") from None
 
-    def _call_green(self, rid: int, frame: bytes, timeout: float, stall_after: float,
-                    abandon_on_stall: bool) -> Any:
+    def _call_green(self, rid: int, frame: bytes, timeout: float, deadline: float,
+                    stall_after: float, abandon_on_stall: bool) -> Any:
         waiter = _Waiter(self._hub)
-        deadline = time.monotonic() + timeout
         self._pending[rid] = (waiter, deadline, timeout, abandon_on_stall)
         self._stall_after = stall_after
         if deadline < self._wake_at:
