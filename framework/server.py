@@ -1,10 +1,12 @@
 """Serving: a gevent ``StreamServer`` that turns frames into dispatched calls and calls into frames,
 registers the node in etcd, and shuts down in the order that loses no call.
 
-Each connection has a reader greenlet. Every request runs in a long-lived worker greenlet from a
-bounded set (``max_concurrency``); when every worker is busy the reader stops reading, so TCP pushes
-back on the sender instead of a queue growing without bound. Responses are written as they complete (out of
-order) and coalesced: whatever responses are ready go out in one ``sendall``.
+Each connection has a reader greenlet. Requests run in long-lived worker greenlets, at most
+``max_concurrency`` at once; when that many run, the reader stops reading, so TCP pushes back on
+the sender instead of a queue growing without bound. A lone request (nothing else in flight on
+its connection, no call waiting) runs in the reader itself; if it blocks, a new reader takes over
+the connection. Responses are written as they complete (out of order) and coalesced: the answers
+ready in one turn of the loop go out together, in parts of ``write_part``.
 
 ``stop()``: (1) revoke the lease, so clients drop the node within milliseconds; (2) keep serving for
 ``grace`` seconds, for callers that have not yet seen the removal; (3) tell every connection the
