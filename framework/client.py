@@ -75,14 +75,12 @@ class Client:
 
     def call(self, method: str, params: Union[list, tuple, dict, None] = None,
              timeout: Optional[float] = None) -> Any:
-        """Call ``"Service.method"`` with positional (list) or named (dict) params."""
+        """Call ``"Service.method"`` with positional (list or tuple) or named (dict) params."""
         service, _, name = method.rpartition(".")
         if not service or not name:
             raise MethodNotFound(f"method must be 'Service.method', got {method!r}")
         if params is None:
-            params = []
-        elif isinstance(params, tuple):
-            params = list(params)
+            params = ()   # a tuple packs as the same msgpack array as a list
         return self._call(service, name, method, params, self.timeout if timeout is None else timeout)
 
     def close(self) -> None:
@@ -234,7 +232,6 @@ class MethodProxy:
         if args and kwargs:
             raise TypeError("JSON-RPC params are either positional or named, not both")
         client = self._client
-        # a tuple of args packs as the same msgpack array a list would: no copy
         return client._call(self._service, self._name, self._method, kwargs or args,
                             client.timeout)
 
