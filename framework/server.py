@@ -172,7 +172,8 @@ class _Conn:
                  "idle", "slots", "queued", "part", "write_lock", "frames", "frame_began",
                  "reader", "inline", "finished")
 
-    def __init__(self, sock, peer, max_in_flight: int = 1 << 30, queued: Any = (), part: int = 16):
+    def __init__(self, sock, peer, max_in_flight: int = 1 << 30, queued: Any = (), part: int = 16,
+                 max_frame: int = protocol.MAX_FRAME):
         self.sock = sock
         self.peer = peer
         self.out: List[bytes] = []
@@ -188,7 +189,7 @@ class _Conn:
         # the per-connection in-flight cap: the reader takes a slot per request, the call frees it
         self.slots = gevent.lock.BoundedSemaphore(max_in_flight)
         self.queued = queued   # the node's calls waiting for a worker (Workers._jobs)
-        self.frames: Any = None          # the protocol.FrameReader of this connection
+        self.frames = protocol.FrameReader(max_frame)   # shared by successive readers
         self.frame_began = time.monotonic()   # when the frame being read began to arrive
         self.reader: Any = None          # the greenlet reading this connection now
         self.inline: Any = None          # the reader while it runs a call itself (Server._read)
@@ -321,6 +322,7 @@ class Server:
         self.started_at = 0.0
         self._conns: set = set()
         self._server: Optional[StreamServer] = None
+        self._hub: Any = None   # the gevent hub serving this node, set by start()
         self._stopped = gevent.event.Event()
         self.http = NodeHttp(self)   # GET /healthz, GET /metrics, POST / on the same port
 
@@ -459,8 +461,8 @@ class Server:
             if first is not None:
                 sock.close()
             return
-        conn = _Conn(sock, peer, self.max_conn_in_flight, self.pool._jobs, self.write_part)
-        conn.frames = protocol.FrameReader(self.max_frame)
+        conn = _Conn(sock, peer, self.max_conn_in_flight, self.pool._jobs, self.write_part,
+                     self.max_frame)
         self._conns.add(conn)
         self._read(conn, first)
         if conn.reader is not gevent.getcurrent():
@@ -532,7 +534,8 @@ class Server:
 
     def _run_inline(self, conn: _Conn, obj: Any, received: float, me: Any) -> None:
         """A lone request runs in the reader itself: no hand-off to a worker, which cost two
-        greenlet switches and a hub turn (1 caller: ~3,700 -> ~4,900 calls/s in `bench.quick`).
+        greenlet switches and a hub turn (1 caller: ~4,350 -> ~5,050 calls/s, A/B in
+        docs/performance.md).
         Should the call block, the hub runs :meth:`_take_over` meanwhile and a new greenlet goes
         on reading, so pings are still answered and later requests still start."""
         conn.inline = me
