@@ -101,7 +101,7 @@ def _etcd_client(args):
 def rpc_security_options(args) -> dict:
     """Server keyword arguments for TLS on the RPC port and the shared call token (both off unless
     given)."""
-    from .transport import client_tls_context, server_tls_context
+    from .tls import client_tls_context, server_tls_context
     options: dict = {"token": args.token or os.environ.get("FRAMEWORK_TOKEN") or None}
     if args.tls_cert:
         options["tls"] = server_tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
@@ -260,33 +260,8 @@ def _node_dict(node) -> dict:
     return {"address": node.address, "key": node.key, "meta": node.meta}
 
 
-def _node_line(node, now: float) -> str:
-    meta = dict(node.meta)
-    parts = [node.address]
-    for key in ("pid", "hostname", "version"):
-        if key in meta:
-            parts.append(f"{key}={meta[key]}")
-    started = meta.get("started")
-    if isinstance(started, (int, float)) and started > 0:
-        parts.append(f"up={max(0, int(now - started))}s")
-    skip = {"address", "service", "methods", "pid", "hostname", "version", "started", "protocol"}
-    parts += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-              for k, v in sorted(meta.items()) if k not in skip]
-    return "  ".join(parts)
-
-
-def _methods_line(node) -> Optional[str]:
-    methods = node.meta.get("methods")
-    if not isinstance(methods, dict):
-        return None
-    names = [f"{m}*" if isinstance(spec, dict) and spec.get("idempotent") else m
-             for m, spec in sorted(methods.items())]
-    return "methods: " + ", ".join(names) + ("   (* idempotent)" if any("*" in n for n in names)
-                                              else "")
-
-
 def cmd_ls(args) -> int:
-    from .discovery import parse_node
+    from . import record
     from .errors import EtcdError
 
     prefix = args.prefix if args.prefix.endswith("/") else args.prefix + "/"
@@ -298,7 +273,7 @@ def cmd_ls(args) -> int:
     services: dict = {}
     for kv in kvs:
         name = kv.key[len(prefix):].split("/", 1)[0]
-        node = parse_node(kv)
+        node = record.parse(kv.key, kv.value)
         if node is not None:
             services.setdefault(name, []).append(node)
     for nodes in services.values():
@@ -314,8 +289,8 @@ def cmd_ls(args) -> int:
         for name, nodes in sorted(services.items()):
             print(f"{name}  ({len(nodes)} node{'s' if len(nodes) != 1 else ''})")
             for node in nodes:
-                print("  " + _node_line(node, now))
-                methods = _methods_line(node)
+                print("  " + record.summary(node, now))
+                methods = record.methods_line(node)
                 if methods:
                     print("    " + methods)
         sys.stdout.flush()

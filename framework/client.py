@@ -19,7 +19,8 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .balancer import P2C
-from .discovery import DEFAULT_PREFIX, Discovery, Node
+from .discovery import DEFAULT_PREFIX, Discovery
+from .record import Node
 from .errors import (ConnectionLost, MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout)
 from .etcd import Etcd, EtcdConfig
 from .transport import Pool

@@ -25,6 +25,8 @@ import time
 import urllib.request
 from typing import List, NamedTuple, Optional
 
+from .tls import client_tls_context
+
 
 class EtcdNotFound(RuntimeError):
     pass
@@ -169,9 +171,7 @@ class EtcdProcess:
         """A context that verifies this member's certificate and presents the test client cert."""
         if self.tls is None:
             return None
-        ctx = ssl.create_default_context(cafile=self.tls.ca)
-        ctx.load_cert_chain(self.tls.client_cert, self.tls.client_key)
-        return ctx
+        return client_tls_context(self.tls.ca, self.tls.client_cert, self.tls.client_key)
 
     def etcdctl(self, *args: str, check: bool = True, timeout: float = 20.0) -> str:
         """Run ``etcdctl`` against this member (TLS files and credentials added); returns stdout."""

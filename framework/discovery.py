@@ -16,61 +16,23 @@ Callers only read immutable snapshots; they never touch etcd.
 """
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
+from . import record
 from .backoff import Backoff
 from .errors import EtcdError
-from .etcd import KV, Etcd
+from .etcd import Etcd
+from .record import Node
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/services/"
 
 Listener = Callable[[str, List["Node"], List["Node"], Tuple["Node", ...]], None]
-
-
-class Node(NamedTuple):
-    key: str
-    address: str                # "host:port"
-    meta: dict                  # the registration record (may hold only "address")
-
-    def idempotent(self, method: str) -> Optional[bool]:
-        """True/False when the node advertises the method, None when it publishes no method table."""
-        methods = self.meta.get("methods")
-        if not isinstance(methods, dict):
-            return None
-        spec = methods.get(method)
-        if spec is None:
-            return False
-        return bool(spec.get("idempotent")) if isinstance(spec, dict) else False
-
-    def has_method(self, method: str) -> Optional[bool]:
-        methods = self.meta.get("methods")
-        return method in methods if isinstance(methods, dict) else None
-
-
-def parse_node(kv: KV) -> Optional[Node]:
-    """A registration record -> Node. Accepts our JSON records, a bare ``{"address": ...}`` written by
-    another language, and the reference's plain ``host:port`` value."""
-    text = kv.value.decode("utf-8", "replace").strip()
-    meta: dict
-    try:
-        decoded = json.loads(text)
-    except ValueError:
-        decoded = text
-    if isinstance(decoded, dict) and isinstance(decoded.get("address"), str):
-        meta = decoded
-    elif isinstance(decoded, str) and ":" in decoded and " " not in decoded:
-        meta = {"address": decoded}
-    else:
-        log.warning("ignoring unreadable registration %s = %r", kv.key, text[:200])
-        return None
-    return Node(kv.key, meta["address"], meta)
 
 
 class _Watched:
@@ -115,7 +77,7 @@ class _Watched:
         cluster = d.etcd.cluster_id
         nodes = {}
         for kv in kvs:
-            node = parse_node(kv)
+            node = record.parse(kv.key, kv.value)
             if node is not None:
                 nodes[kv.key] = node
         now = time.monotonic()
@@ -171,7 +133,7 @@ class _Watched:
                             if ev.type == "DELETE":
                                 nodes.pop(ev.kv.key, None)
                             else:
-                                node = parse_node(ev.kv)
+                                node = record.parse(ev.kv.key, ev.kv.value)
                                 if node is not None:
                                     nodes[ev.kv.key] = node
                                 else:

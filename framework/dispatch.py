@@ -12,8 +12,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from . import protocol
-from .errors import (DeadlineExceeded, InvalidParams, MethodNotFound, RpcError, Unauthorized,
-                     error_object_for_exception)
+from .errors import DeadlineExceeded, InvalidParams, MethodNotFound, RpcError, Unauthorized
 from .service import MethodSpec, spec_of
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ class Dispatcher:
         try:
             req = protocol.parse_request(obj)
         except RpcError as exc:
-            return protocol.error_response(getattr(exc, "request_id", None), exc.to_error_object())
+            return protocol.error_response(getattr(exc, "request_id", None), exc)
         response = self.call(req, received)
         return None if req.is_notification else response
 
@@ -71,18 +70,17 @@ class Dispatcher:
             # checked before the lookup, so a caller without the token cannot probe method names
             token = meta.get("token")
             if not (isinstance(token, str) and hmac.compare_digest(token.encode(), self._token)):
-                return protocol.error_response(rid, Unauthorized("Unauthorized").to_error_object())
+                return protocol.error_response(rid, Unauthorized("Unauthorized"))
         entry = self.table.get(method)
         if entry is None:
-            return protocol.error_response(rid, MethodNotFound(
-                f"Method not found: {method}").to_error_object())
+            return protocol.error_response(rid, MethodNotFound(f"Method not found: {method}"))
         mspec, bound, service_name, arity = entry
         started = time.monotonic()
         timeout_ms = meta.get("timeout_ms")
         if (received is not None and isinstance(timeout_ms, (int, float))
                 and started - received > timeout_ms / 1000.0):
             return protocol.error_response(rid, DeadlineExceeded(
-                "deadline passed before the call started").to_error_object())
+                "deadline passed before the call started"))
         outcome = "ok"
         try:
             # positional params against a plain signature: two comparisons, not Signature.bind
@@ -94,14 +92,13 @@ class Dispatcher:
                         mspec.signature.bind(*params)
                 except TypeError as exc:
                     outcome = "invalid_params"
-                    return protocol.error_response(rid, InvalidParams(
-                        f"Invalid params: {exc}").to_error_object())
+                    return protocol.error_response(rid, InvalidParams(f"Invalid params: {exc}"))
             try:
                 result = bound(**params) if isinstance(params, dict) else bound(*params)
             except Exception as exc:  # the handler's failure is the caller's answer, not ours
                 outcome = "error"
                 log.debug("handler %s raised", method, exc_info=True)
-                return protocol.error_response(rid, error_object_for_exception(exc))
+                return protocol.error_response(rid, exc)
             return protocol.response(rid, result)
         finally:
             if self.observe is not None:

@@ -13,11 +13,16 @@ code         exception               meaning
 -32603       InternalError           the framework itself failed
 -32000       RemoteError             the handler raised; data = {"type", "message"}
 -32001       GoingAway               node is draining; the call was NOT processed
--32002       DeadlineExceeded        the caller's deadline had passed before the work began
+-32002       DeadlineExceeded        the node skipped the call: its deadline had already passed
 -32003       Overloaded              node refused the call for backpressure; NOT processed
 -32004       Unauthorized            missing or wrong auth token
+-32005       Timeout                 the caller's deadline passed while it waited for an answer
 -32010       ServiceUnavailable      no live node (raised by clients and the gateway)
 ===========  ======================  =====================================================
+
+Each class also names the HTTP status its code gets on the gateway and on a node's ``POST /``
+(:func:`http_status`); ``-32603`` is 500 on a node, and the gateway answers 502 for it, because there
+it means the node was lost mid-call.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ class RpcError(Exception):
     """Base class of every error the framework raises."""
 
     code: int = -32603
+    #: the HTTP status of a single call that failed with this error (see :func:`http_status`)
+    http_status: int = 500
     #: True when the error proves the call was never executed, so re-sending it is safe.
     not_processed: bool = False
 
@@ -50,11 +57,13 @@ class RpcError(Exception):
 class ServiceUnavailable(RpcError):
     """No live node of the service could take the call before the deadline."""
     code = -32010
+    http_status = 503
 
 
 class Timeout(RpcError):
     """The call's deadline passed before an answer came back."""
-    code = -32002
+    code = -32005
+    http_status = 504
 
 
 class CommunicationError(RpcError):
@@ -74,26 +83,50 @@ class ProtocolError(CommunicationError):
     """The peer broke the wire protocol (bad frame, bad msgpack, oversized frame)."""
 
 
+class FrameTooLarge(ProtocolError):
+    """A frame header declared a length outside 1..max_frame; answered before the body is read."""
+    code = -32600
+    http_status = 400
+
+
 class EtcdError(RpcError):
     """etcd could not be reached or refused a request (raised by the registry client only)."""
+
+
+class WatchLost(EtcdError):
+    """The watch stream ended, was cancelled, or needs history that was compacted: list again."""
+
+    def __init__(self, message: str, compact_revision: int = 0):
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class BodyTooLarge(RpcError):
+    """An HTTP request body is larger than the limit: answered 413 without reading the rest."""
+    code = -32600
+    http_status = 413
 
 
 # ---- JSON-RPC errors returned by a node ----------------------------------------------------------
 
 class ParseError(RpcError):
     code = -32700
+    http_status = 400
 
 
 class InvalidRequest(RpcError):
     code = -32600
+    http_status = 400
 
 
 class MethodNotFound(RpcError):
     code = -32601
+    http_status = 404
 
 
 class InvalidParams(RpcError):
     code = -32602
+    http_status = 400
 
 
 class InternalError(RpcError):
@@ -103,6 +136,7 @@ class InternalError(RpcError):
 class RemoteError(RpcError):
     """The remote handler raised. ``data`` holds ``{"type": <exception class name>, "message": ...}``."""
     code = -32000
+    http_status = 200   # the call was answered: the error is the handler's
 
     @property
     def type(self) -> Optional[str]:
@@ -115,6 +149,7 @@ class RemoteError(RpcError):
 class GoingAway(RpcError):
     """The node is shutting down and did not process the call; any node may take it instead."""
     code = -32001
+    http_status = 503
     not_processed = True
 
 
@@ -126,16 +161,25 @@ class DeadlineExceeded(Timeout):
 class Overloaded(RpcError):
     """The node refused the call to protect itself; the call was not processed."""
     code = -32003
+    http_status = 503
     not_processed = True
 
 
 class Unauthorized(RpcError):
     code = -32004
+    http_status = 403
 
 
 _BY_CODE = {cls.code: cls for cls in (
     ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError,
-    GoingAway, DeadlineExceeded, Overloaded, Unauthorized, ServiceUnavailable)}
+    GoingAway, DeadlineExceeded, Overloaded, Unauthorized, Timeout, ServiceUnavailable)}
+_HTTP_STATUS = {cls.code: cls.http_status for cls in _BY_CODE.values()}
+
+
+def http_status(code: Any) -> int:
+    """The HTTP status of a single call answered with error ``code``. Codes without a framework
+    meaning are the handler's own errors: the call was answered, so 200."""
+    return _HTTP_STATUS.get(code, 200)
 
 
 def from_error_object(obj: Any) -> RpcError:
@@ -153,10 +197,16 @@ def from_error_object(obj: Any) -> RpcError:
     return cls(message, data)
 
 
-def error_object_for_exception(exc: BaseException) -> dict:
-    """The JSON-RPC error object a node sends back when a handler raised ``exc``."""
+def error_object(exc: BaseException, typed: bool = False) -> dict:
+    """The JSON-RPC error object for ``exc``: a framework error as itself, any other exception (a
+    handler's) as -32000 with ``data = {"type", "message"}``. ``typed``: give a framework error
+    without ``data`` a ``{"type": <class name>}`` (the gateway does, so HTTP callers can tell a
+    Timeout from a ServiceUnavailable without knowing the codes)."""
     if isinstance(exc, RpcError):
-        return exc.to_error_object()
+        obj = exc.to_error_object()
+        if typed and "data" not in obj and not isinstance(exc, RemoteError):
+            obj["data"] = {"type": type(exc).__name__}
+        return obj
     message = str(exc) or type(exc).__name__
     return {"code": RemoteError.code, "message": message,
             "data": {"type": type(exc).__name__, "message": message}}

@@ -33,7 +33,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-from .errors import EtcdError
+from .errors import EtcdError, WatchLost
+from .tls import client_tls_context
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,6 @@ class KV(NamedTuple):
 class Event(NamedTuple):
     type: str  # "PUT" or "DELETE"
     kv: KV
-
-
-class WatchLost(EtcdError):
-    """The watch stream ended, was cancelled, or needs history that was compacted: list again."""
-
-    def __init__(self, message: str, compact_revision: int = 0):
-        super().__init__(message)
-        self.compact_revision = compact_revision
 
 
 def parse_endpoints(etcd: Union[None, str, Sequence[str]], default: Optional[str] = None) -> List[str]:
@@ -128,7 +121,7 @@ class EtcdConfig:
     def ssl_context(self) -> Optional[ssl.SSLContext]:
         if not self.tls_enabled:
             return None
-        return tls_context(self.ca, self.cert, self.key, force=True)
+        return client_tls_context(self.ca, self.cert, self.key)
 
     def client(self) -> "Etcd":
         """A new :class:`Etcd` built from this config."""
@@ -159,7 +152,7 @@ def _kv(d: dict) -> KV:
 
 
 class Etcd:
-    """A small etcd v3 client. ``tls`` is an ``ssl.SSLContext`` (see :func:`tls_context`)."""
+    """A small etcd v3 client. ``tls`` is an ``ssl.SSLContext`` (see :func:`framework.tls.client_tls_context`)."""
 
     def __init__(self, endpoints: Union[str, Sequence[str], None] = None, timeout: float = 5.0,
                  username: Optional[str] = None, password: Optional[str] = None,
@@ -361,17 +354,3 @@ class Watch:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-
-def tls_context(ca: Optional[str] = None, cert: Optional[str] = None,
-                key: Optional[str] = None, force: bool = False) -> Optional[ssl.SSLContext]:
-    """An SSL context for etcd's client port (server certificate verified against ``ca``, or the
-    system store), or None when no TLS option is given and ``force`` is false."""
-    if not (ca or cert or force):
-        return None
-    if key and not cert:
-        raise ValueError("an etcd client key needs its certificate (cert=...)")
-    ctx = ssl.create_default_context(cafile=ca)
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    return ctx

@@ -142,10 +142,7 @@ class Gateway:
             return protocol.response(req.id, result)
         except RpcError as exc:
             error = exc
-            obj = exc.to_error_object()
-            if "data" not in obj and not isinstance(exc, RemoteError):
-                obj["data"] = {"type": type(exc).__name__}
-            return protocol.error_response(req.id, obj)
+            return protocol.error_response(req.id, exc, typed=True)
         finally:
             self.metrics.finished()
             outcome = outcome_of(error)

@@ -106,7 +106,7 @@ class NodeHttp:
     def _invoke(self, req: protocol.Request) -> dict:
         if self.server.going_away:
             return protocol.error_response(req.id, GoingAway(
-                "node is shutting down; call not processed").to_error_object())
+                "node is shutting down; call not processed"))
         return self.server.dispatcher.call(req, time.monotonic())
 
     def health(self) -> dict:

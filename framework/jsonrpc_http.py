@@ -30,7 +30,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import gevent
 
 from . import protocol
-from .errors import InternalError, InvalidRequest, ParseError, RpcError
+from .errors import (BodyTooLarge, InternalError, InvalidRequest, ParseError, RpcError,
+                     http_status)
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ class Limits:
     max_depth: int = 32             # nesting of arrays/objects, the envelope included
 
 
-_STATUS_BY_CODE = {
-    ParseError.code: 400, InvalidRequest.code: 400, -32602: 400, -32601: 404, -32004: 403,
-    -32010: 503, -32001: 503, -32003: 503, -32002: 504, InternalError.code: 500,
-}
 _REASONS = {200: "200 OK", 204: "204 No Content", 400: "400 Bad Request", 403: "403 Forbidden",
             404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Content Too Large",
             500: "500 Internal Server Error", 503: "503 Service Unavailable",
@@ -61,10 +58,6 @@ _REASONS = {200: "200 OK", 204: "204 No Content", 400: "400 Bad Request", 403: "
 
 def status_line(code: int) -> str:
     return _REASONS.get(code, f"{code} Status")
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def read_body(environ: dict, max_body: int) -> bytes:
@@ -143,13 +136,9 @@ def _encode(response: dict) -> Tuple[dict, bytes]:
         return response, json.dumps(response, ensure_ascii=False, allow_nan=False,
                                     separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        error = InternalError(f"result could not be encoded as JSON: {exc}").to_error_object()
-        response = protocol.error_response(response.get("id"), error)
+        response = protocol.error_response(response.get("id"), InternalError(
+            f"result could not be encoded as JSON: {exc}"))
         return response, json.dumps(response, separators=(",", ":")).encode("utf-8")
-
-
-def _error(rid: Any, exc: RpcError) -> dict:
-    return protocol.error_response(rid, exc.to_error_object())
 
 
 class JsonRpcHttp:
@@ -165,19 +154,22 @@ class JsonRpcHttp:
         self.invoke = invoke
         self.limits = limits
         self.spawn = spawn
-        self.statuses = {**_STATUS_BY_CODE, **(statuses or {})}
+        self.statuses = statuses or {}
 
     def status_for(self, response: dict) -> int:
         """The HTTP status of a single call's response object."""
         error = response.get("error")
-        return 200 if error is None else self.statuses.get(error.get("code"), 200)
+        if error is None:
+            return 200
+        code = error.get("code")
+        return self.statuses.get(code) or http_status(code)
 
     def handle(self, body: bytes, meta: Optional[dict] = None) -> Tuple[int, Optional[bytes]]:
         """``meta`` (e.g. a token from an Authorization header) fills in each request's ``meta``."""
         try:
             value = decode(body, self.limits.max_depth)
         except ParseError as exc:
-            response = _error(None, exc)
+            response = protocol.error_response(None, exc)
             return self.status_for(response), encode(response)
         if isinstance(value, list):
             return self._batch(value, meta)
@@ -192,7 +184,7 @@ class JsonRpcHttp:
         try:
             req = protocol.parse_request(obj)
         except RpcError as exc:
-            return None, _error(getattr(exc, "request_id", None), exc)
+            return None, protocol.error_response(getattr(exc, "request_id", None), exc)
         if meta:
             req = req._replace(meta={**req.meta, **meta})
         return req, None
@@ -202,7 +194,7 @@ class JsonRpcHttp:
             return self.invoke(req)
         except Exception as exc:  # an invoke bug must still answer in JSON, never a 500 traceback
             log.exception("invoking %s failed", req.method)
-            return _error(req.id, InternalError(f"internal error: {type(exc).__name__}"))
+            return protocol.error_response(req.id, InternalError(f"internal error: {type(exc).__name__}"))
 
     def _one_or_error(self, obj: Any, meta: Optional[dict]) -> Optional[dict]:
         req, error = self._parse(obj, meta)
@@ -213,10 +205,10 @@ class JsonRpcHttp:
 
     def _batch(self, items: list, meta: Optional[dict]) -> Tuple[int, Optional[bytes]]:
         if not items:
-            response = _error(None, InvalidRequest("Invalid Request: empty batch"))
+            response = protocol.error_response(None, InvalidRequest("Invalid Request: empty batch"))
             return 400, encode(response)
         if len(items) > self.limits.max_batch:
-            response = _error(None, InvalidRequest(
+            response = protocol.error_response(None, InvalidRequest(
                 f"Invalid Request: batch of {len(items)} exceeds the limit of {self.limits.max_batch}"))
             return 400, encode(response)
         spawn = self.spawn or gevent.spawn
@@ -260,12 +252,12 @@ def serve_post(rpc: JsonRpcHttp, environ: dict, start_response,
     try:
         body = read_body(environ, rpc.limits.max_body)
     except BodyTooLarge:
-        response = _error(None, InvalidRequest(
+        response = protocol.error_response(None, InvalidRequest(
             f"Invalid Request: body larger than {rpc.limits.max_body} bytes"))
         # the rest of the body is never read, so the connection cannot be reused
         return 413, respond(start_response, 413, encode(response), [("Connection", "close")])
     except (OSError, ValueError) as exc:  # client hung up or sent a broken chunked body
-        response = _error(None, ParseError(f"Parse error: could not read the body: {exc}"))
+        response = protocol.error_response(None, ParseError(f"Parse error: could not read the body: {exc}"))
         return 400, respond(start_response, 400, encode(response), [("Connection", "close")])
     status, payload = rpc.handle(body, meta)
     return status, respond(start_response, status, payload)

@@ -34,7 +34,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Union
 
 import msgpack
 
-from .errors import InvalidRequest, ParseError, ProtocolError
+from .errors import FrameTooLarge, InvalidRequest, ParseError, error_object
 
 MAX_FRAME = 8 * 1024 * 1024
 
@@ -145,10 +145,6 @@ def unpack_body(body: bytes) -> Any:
         raise ParseError(f"invalid msgpack body: {exc}") from None
 
 
-class FrameTooLarge(ProtocolError):
-    code = InvalidRequest.code
-
-
 class FrameReader:
     """Splits a byte stream into frame bodies. Feed it whatever ``recv`` returned.
 
@@ -243,8 +239,10 @@ def response(rid: Any, result: Any) -> dict:
     return {"jsonrpc": "2.0", "id": rid, "result": result}
 
 
-def error_response(rid: Any, error: dict) -> dict:
-    return {"jsonrpc": "2.0", "id": None if rid is _NO_ID else rid, "error": error}
+def error_response(rid: Any, exc: BaseException, typed: bool = False) -> dict:
+    """The response that answers request ``rid`` with ``exc`` (see :func:`errors.error_object`)."""
+    return {"jsonrpc": "2.0", "id": None if rid is _NO_ID else rid,
+            "error": error_object(exc, typed)}
 
 
 def request(rid: Any, method: str, params: Union[list, dict], timeout_ms: Optional[int] = None,

@@ -18,9 +18,7 @@ A Server needs a gevent-patched process (``python -m framework serve`` patches a
 from __future__ import annotations
 
 import collections
-import json
 import logging
-import os
 import socket
 import ssl
 import time
@@ -32,7 +30,7 @@ import gevent.lock
 import gevent.pool
 from gevent.server import StreamServer
 
-from . import __version__, protocol
+from . import __version__, protocol, record
 from .client import Client
 from .discovery import DEFAULT_PREFIX, Discovery
 from .dispatch import Dispatcher
@@ -346,10 +344,8 @@ class Server:
         return f"{host}:{port}"
 
     def record(self, spec) -> dict:
-        """The JSON record published for ``spec`` under ``<prefix><Service>/<address>``."""
-        return {"address": self.advertised, "service": spec.name, "methods": spec.describe(),
-                "protocol": "jsonrpc2-msgpack/1", "pid": os.getpid(), "hostname": socket.gethostname(),
-                "version": __version__, "started": self.started_at, **self.metadata}
+        """The record published for ``spec`` (see :mod:`framework.record`)."""
+        return record.build(spec, self.advertised, self.started_at, __version__, self.metadata)
 
     def start(self) -> "Server":
         # a bounded spawn pool: at max_connections the server stops accepting until one closes
@@ -360,8 +356,8 @@ class Server:
         self.started_at = round(time.time(), 3)
         log.info("serving %s on %s:%s", ", ".join(s.name for s in self.specs), *self.address)
         if self.etcd is not None:
-            entries = {f"{self.prefix}{spec.name}/{self.advertised}": json.dumps(self.record(spec))
-                       for spec in self.specs}
+            entries = {record.key(self.prefix, spec.name, self.advertised):
+                       record.encode(self.record(spec)) for spec in self.specs}
             self.registration = Registration(self.etcd, entries, self.ttl)
             self.registration.start()
         return self
@@ -570,7 +566,7 @@ class Server:
     def _reject(self, conn: _Conn, exc) -> None:
         log.warning("closing connection from %s: %s", conn.peer[0], exc)
         try:
-            conn.sock.sendall(protocol.pack(protocol.error_response(None, exc.to_error_object())))
+            conn.sock.sendall(protocol.pack(protocol.error_response(None, exc)))
         except OSError:
             pass
 
@@ -578,7 +574,7 @@ class Server:
         rid = obj.get("id") if isinstance(obj, dict) else None
         if rid is not None:
             conn.send(protocol.pack(protocol.error_response(
-                rid, GoingAway("node is shutting down; call not processed").to_error_object())))
+                rid, GoingAway("node is shutting down; call not processed"))))
 
     def _run(self, conn: _Conn, obj: Any, received: float) -> None:
         try:
@@ -588,7 +584,7 @@ class Server:
                     frame = self._pack(response)
                 except Exception as exc:  # the handler returned something msgpack cannot encode
                     frame = protocol.pack(protocol.error_response(response.get("id"), InternalError(
-                        f"result could not be encoded: {exc}").to_error_object()))
+                        f"result could not be encoded: {exc}")))
                 conn.send(frame)
                 conn.throttle(self.max_pending_output)
         finally:

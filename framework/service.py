@@ -63,10 +63,6 @@ class ServiceSpec:
     cls: type
     methods: Dict[str, MethodSpec] = field(default_factory=dict)
 
-    def describe(self) -> Dict[str, Dict[str, bool]]:
-        """The method table as published in the registry: ``{"Hello": {"idempotent": true}}``."""
-        return {m.name: {"idempotent": m.idempotent} for m in self.methods.values()}
-
 
 _FORBIDDEN = frozenset(dir(Service))
 

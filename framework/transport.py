@@ -30,6 +30,7 @@ import gevent
 from gevent.hub import Waiter as _Waiter
 
 from . import protocol
+from .tls import client_tls_context
 from .errors import ConnectionLost, NotSent, ProtocolError, RpcError, Timeout, from_error_object
 
 log = logging.getLogger(__name__)
@@ -473,23 +474,3 @@ class Pool:
         for conn in list(self._conns.values()):
             conn.close()
         self._conns.clear()
-
-
-def client_tls_context(ca: Optional[str] = None, cert: Optional[str] = None,
-                       key: Optional[str] = None) -> ssl.SSLContext:
-    """Client side of a TLS RPC port: verify nodes against ``ca`` (default: the system store) and,
-    when the nodes require client certificates, present ``cert``/``key``."""
-    ctx = ssl.create_default_context(cafile=ca)
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-def server_tls_context(cert: str, key: Optional[str] = None,
-                       client_ca: Optional[str] = None) -> ssl.SSLContext:
-    """Server side of a TLS RPC port: present ``cert``/``key``; with ``client_ca``, also require
-    and verify a client certificate signed by it (mutual TLS)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_ca)
-    ctx.load_cert_chain(cert, key)
-    ctx.verify_mode = ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE
-    return ctx

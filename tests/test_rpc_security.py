@@ -15,7 +15,7 @@ from framework import protocol
 from framework.devetcd import make_certs
 from framework.errors import RpcError, Unauthorized
 from framework.etcd import Etcd
-from framework.transport import client_tls_context
+from framework.tls import client_tls_context
 
 
 @pytest.fixture

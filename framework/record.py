@@ -1,0 +1,106 @@
+"""The registry record: what a node writes under ``<prefix><Service>/<host:port>`` and what every
+reader (discovery, the CLI) gets back from it.
+
+A node builds one record per service it serves (:func:`build`); readers turn any value they find
+under the prefix into a :class:`Node` (:func:`parse`). Besides our JSON records, :func:`parse`
+accepts a bare ``{"address": ...}`` written by another language and the reference article's plain
+``host:port`` value, so nodes of other implementations can share a registry::
+
+    {"address": "10.0.0.5:7001", "service": "HelloService", "protocol": "jsonrpc2-msgpack/1",
+     "methods": {"Hello": {"idempotent": true}}, "pid": 4242, "hostname": "web-1",
+     "version": "0.1.0", "started": 1764600000.123, ...metadata given to the Server}
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from typing import Any, Dict, NamedTuple, Optional
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "jsonrpc2-msgpack/1"
+#: fields every record of ours has; anything else came from the Server's ``metadata``
+STANDARD = ("address", "service", "methods", "protocol", "pid", "hostname", "version", "started")
+
+
+class Node(NamedTuple):
+    key: str
+    address: str                # "host:port"
+    meta: dict                  # the registration record (may hold only "address")
+
+    def idempotent(self, method: str) -> Optional[bool]:
+        """True/False when the node advertises the method, None when it publishes no method table."""
+        methods = self.meta.get("methods")
+        if not isinstance(methods, dict):
+            return None
+        spec = methods.get(method)
+        if spec is None:
+            return False
+        return bool(spec.get("idempotent")) if isinstance(spec, dict) else False
+
+    def has_method(self, method: str) -> Optional[bool]:
+        methods = self.meta.get("methods")
+        return method in methods if isinstance(methods, dict) else None
+
+
+def key(prefix: str, service: str, address: str) -> str:
+    """Where a node of ``service`` at ``address`` is registered (``prefix`` ends with ``/``)."""
+    return f"{prefix}{service}/{address}"
+
+
+def build(spec: Any, address: str, started: float, version: str,
+          metadata: Optional[Dict[str, Any]] = None) -> dict:
+    """The record a node publishes for one :class:`~framework.service.ServiceSpec`."""
+    methods = {m.name: {"idempotent": m.idempotent} for m in spec.methods.values()}
+    return {"address": address, "service": spec.name, "methods": methods, "protocol": PROTOCOL,
+            "pid": os.getpid(), "hostname": socket.gethostname(), "version": version,
+            "started": started, **(metadata or {})}
+
+
+def encode(record: dict) -> str:
+    return json.dumps(record)
+
+
+def parse(record_key: str, value: bytes) -> Optional[Node]:
+    """A value found under the prefix -> :class:`Node`, or None (logged) when it names no address."""
+    text = value.decode("utf-8", "replace").strip()
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        decoded = text
+    if isinstance(decoded, dict) and isinstance(decoded.get("address"), str):
+        meta = decoded
+    elif isinstance(decoded, str) and ":" in decoded and " " not in decoded:
+        meta = {"address": decoded}
+    else:
+        log.warning("ignoring unreadable registration %s = %r", record_key, text[:200])
+        return None
+    return Node(record_key, meta["address"], meta)
+
+
+def summary(node: Node, now: float) -> str:
+    """One line for people: address, pid, host, version, uptime and any extra metadata."""
+    meta = node.meta
+    parts = [node.address]
+    for name in ("pid", "hostname", "version"):
+        if name in meta:
+            parts.append(f"{name}={meta[name]}")
+    started = meta.get("started")
+    if isinstance(started, (int, float)) and started > 0:
+        parts.append(f"up={max(0, int(now - started))}s")
+    parts += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+              for k, v in sorted(meta.items()) if k not in STANDARD]
+    return "  ".join(parts)
+
+
+def methods_line(node: Node) -> Optional[str]:
+    """``methods: Hello*, Pid   (* idempotent)``, or None when the node publishes no method table."""
+    methods = node.meta.get("methods")
+    if not isinstance(methods, dict):
+        return None
+    names = [f"{m}*" if isinstance(spec, dict) and spec.get("idempotent") else m
+             for m, spec in sorted(methods.items())]
+    return "methods: " + ", ".join(names) + ("   (* idempotent)" if any("*" in n for n in names)
+                                              else "")
