@@ -6,6 +6,9 @@ Every policy has the same small surface, so the client treats them alike:
 * ``begin(node)`` -> a token the client hands back to ``end(token, seconds, ok)`` once the call is
   over (:class:`RoundRobin` keeps no per-call state, so both are no-ops);
 * ``forget(node)`` when a node leaves the registry.
+
+``usable`` is the client's :meth:`framework.health.Health.usable`: policies pick among healthy nodes
+and know nothing of ejection or stalls themselves.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ T = TypeVar("T")
 class RoundRobin:
     """Cycles through the candidates; ``next()`` on itertools.count is atomic under the GIL."""
 
-    def __init__(self, key: Optional[Callable[[Any], Hashable]] = None):
+    def __init__(self):
         self._counter = itertools.count()
 
     def pick(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]] = None) -> Optional[T]:
@@ -65,12 +68,14 @@ class P2C:
     as Finagle's default balancer); on a tie, the lower latency EWMA. Outstanding counts react at
     once under concurrency - a slow node keeps its calls longer, so it gets fewer - and the EWMA
     tells nodes apart with one caller, when nothing is ever outstanding at pick time. (The product
-    ``ewma * (outstanding + 1)`` of Finagle's and go-zero's peak-EWMA balancers was measurably worse
-    here with 64 callers on equal nodes: each latency peak skews the split until it decays.)
+    ``ewma * (outstanding + 1)`` of Finagle's and go-zero's peak-EWMA balancers did worse here with
+    64 callers on equal nodes - each latency peak skews the split until it decays; see
+    docs/performance.md.)
     The EWMA jumps to a slower observation at once (peak) and decays toward faster ones with time
     constant ``decay`` seconds; it also decays while a node is not picked, so a node that had one
     bad moment gets traffic again. A failed call counts as ``penalty`` seconds, so a node that fails
-    fast does not attract traffic (ejection, in the pool, handles nodes that fail repeatedly).
+    fast does not attract traffic (ejection, in :mod:`framework.health`, handles nodes that fail
+    repeatedly).
 
     ``key(node)`` names a node (default: its ``address`` attribute, else the node itself).
     Counters are updated without a lock: under the GIL a lost update only blurs the estimate, and

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .balancer import P2C
 from .discovery import DEFAULT_PREFIX, Discovery
 from .record import Node
 from .errors import (ConnectionLost, MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout)
 from .etcd import Etcd, EtcdConfig
-from .transport import Pool
+from .health import Health
+from .pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class Client:
         self._owns_pool = pool is None
         # tls: an ssl.SSLContext or a CA bundle path, to verify nodes whose RPC port is TLS
         self.pool = pool or Pool(tls=tls)
+        #: which nodes the balancer may pick: ejection of failing nodes, and stalls the pool saw
+        self.health = Health(self.pool.stalled)
         self._balancers: Dict[str, Any] = {}
         # "Service.method" -> (snapshot, candidates, idempotent): recomputed only when the
         # discovery snapshot changes, so a call does no per-node work
@@ -100,7 +103,7 @@ class Client:
     # ---- the call path ---------------------------------------------------------------------------
 
     def _usable(self, node: Node) -> bool:
-        return self.pool.usable(node.address, time.monotonic())
+        return self.health.usable(node.address, time.monotonic())
 
     def _route(self, method: str, name: str, nodes: Sequence[Node]) -> tuple:
         candidates = tuple(n for n in nodes if n.has_method(name) is not False)
@@ -113,49 +116,37 @@ class Client:
         for node in removed:
             if node.address not in live:
                 self.pool.forget(node.address)
+                self.health.forget(node.address)
                 if balancer is not None:
                     balancer.forget(node)
 
     def _call(self, service: str, name: str, method: str, params: Any, timeout: float) -> Any:
         now = time.monotonic()
         deadline = now + timeout
-        discovery, pool = self.discovery, self.pool
-        balancer = self._balancers.get(service)
-        if balancer is None:
-            balancer = self._balancers.setdefault(service, self.balancer())
+        discovery, pool, health = self.discovery, self.pool, self.health
+        balancer = self._balancers.get(service) or self._new_balancer(service)
         tried: Optional[set] = None   # nodes that failed this call; made on the first failure
         last_error: Optional[RpcError] = None
         pause = 0.005
         while True:
             remaining = deadline - now
             if remaining <= 0:
-                if last_error is not None and not isinstance(last_error, Timeout):
-                    raise ServiceUnavailable(f"{method}: no node answered before the deadline "
-                                             f"(last error: {last_error})") from last_error
-                if not discovery.ready(service):
-                    raise ServiceUnavailable(f"{method}: the registry could not be read before "
-                                             f"the deadline ({timeout:.3f}s)")
-                raise Timeout(f"{method}: deadline of {timeout:.3f}s passed") from last_error
+                self._expired(service, method, timeout, last_error)
             nodes = discovery.nodes(service, wait=remaining)
             route = self._routes.get(method)
             if route is None or route[0] is not nodes:
                 route = self._route(method, name, nodes)
             candidates, idempotent = route[1], route[2]
             if not candidates:
-                if nodes:
-                    raise MethodNotFound(f"Method not found: {method} (no node of {service} has it)")
-                if discovery.ready(service):
-                    raise ServiceUnavailable(f"no live node of {service}")
+                self._no_candidates(service, method, nodes)
                 now = time.monotonic()
                 continue  # first list not done yet; loop until it is or the deadline passes
             fresh = ([n for n in candidates if n.address not in tried] or candidates
                      if tried else candidates)
             if len(fresh) == 1:
                 node = fresh[0]  # what pick returns for one node, usable or not
-            else:
-                node = balancer.pick(fresh, self._usable)
-                if node is None:
-                    node = balancer.pick(fresh)  # every node ejected: try one anyway
+            else:  # when every node is ejected, try one anyway
+                node = balancer.pick(fresh, self._usable) or balancer.pick(fresh)
             load = balancer.begin(node)
             ok = False
             try:
@@ -164,39 +155,65 @@ class Client:
                                    idempotent, deadline)
                 ok = True
             except NotSent as exc:
-                pool.record(node.address, ok=False, eject_now=True)
+                health.record(node.address, ok=False, eject_now=True)
                 last_error = exc
             except ConnectionLost as exc:
-                if not conn.alive:
-                    pool.record(node.address, ok=False, eject_now=True)
-                # else the node stalled: it is skipped until it answers its ping, no backoff needed
+                if not conn.alive:  # else it stalled: skipped until it answers its ping
+                    health.record(node.address, ok=False, eject_now=True)
                 if not idempotent:
                     raise
                 last_error = exc
             except Timeout:
-                pool.record(node.address, ok=False)
+                health.record(node.address, ok=False)
                 raise
             except RpcError as exc:
                 if not exc.not_processed:
                     ok = True  # the node answered: for balancing, a success
-                    pool.record(node.address, ok=True)
+                    health.record(node.address, ok=True)
                     raise
                 last_error = exc  # going away / overloaded: the node did not run it
             else:
-                pool.record(node.address, True)
+                health.record(node.address, True)
                 return result
             finally:
                 ended = time.monotonic()
                 balancer.end(load, ended - now, ok, ended)
-            if tried is None:
-                tried = set()
-            tried.add(node.address)
-            if len(tried) >= len(candidates):
-                # every node failed once: pause briefly so a dead registry entry can expire
-                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-                pause = min(pause * 2, 0.2)
-                tried.clear()
+            tried, pause = _retry_pause(tried, node.address, len(candidates), pause, deadline)
             now = time.monotonic()
+
+    def _new_balancer(self, service: str) -> Any:
+        return self._balancers.setdefault(service, self.balancer())
+
+    def _expired(self, service: str, method: str, timeout: float,
+                 last_error: Optional[RpcError]) -> None:
+        """The deadline passed: raise what the caller should see."""
+        if last_error is not None and not isinstance(last_error, Timeout):
+            raise ServiceUnavailable(f"{method}: no node answered before the deadline "
+                                     f"(last error: {last_error})") from last_error
+        if not self.discovery.ready(service):
+            raise ServiceUnavailable(f"{method}: the registry could not be read before "
+                                     f"the deadline ({timeout:.3f}s)")
+        raise Timeout(f"{method}: deadline of {timeout:.3f}s passed") from last_error
+
+    def _no_candidates(self, service: str, method: str, nodes: Sequence[Node]) -> None:
+        """No node can take the call: raise, unless the service's first list is still pending."""
+        if nodes:
+            raise MethodNotFound(f"Method not found: {method} (no node of {service} has it)")
+        if self.discovery.ready(service):
+            raise ServiceUnavailable(f"no live node of {service}")
+
+
+def _retry_pause(tried: Optional[set], address: str, candidates: int, pause: float,
+                 deadline: float) -> Tuple[set, float]:
+    """Note that ``address`` failed this call; once every node has, sleep ``pause`` (so a dead
+    registry entry can expire) and start over. Returns the nodes tried and the next pause."""
+    tried = set() if tried is None else tried
+    tried.add(address)
+    if len(tried) < candidates:
+        return tried, pause
+    time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+    tried.clear()
+    return tried, min(pause * 2, 0.2)
 
 
 def _idempotent(nodes: Sequence[Node], method: str) -> bool:

@@ -56,14 +56,12 @@ class RpcError(Exception):
 
 class ServiceUnavailable(RpcError):
     """No live node of the service could take the call before the deadline."""
-    code = -32010
-    http_status = 503
+    code, http_status = -32010, 503
 
 
 class Timeout(RpcError):
     """The call's deadline passed before an answer came back."""
-    code = -32005
-    http_status = 504
+    code, http_status = -32005, 504
 
 
 class CommunicationError(RpcError):
@@ -85,8 +83,7 @@ class ProtocolError(CommunicationError):
 
 class FrameTooLarge(ProtocolError):
     """A frame header declared a length outside 1..max_frame; answered before the body is read."""
-    code = -32600
-    http_status = 400
+    code, http_status = -32600, 400
 
 
 class EtcdError(RpcError):
@@ -103,40 +100,39 @@ class WatchLost(EtcdError):
 
 class BodyTooLarge(RpcError):
     """An HTTP request body is larger than the limit: answered 413 without reading the rest."""
-    code = -32600
-    http_status = 413
+    code, http_status = -32600, 413
 
 
 # ---- JSON-RPC errors returned by a node ----------------------------------------------------------
 
 class ParseError(RpcError):
-    code = -32700
-    http_status = 400
+    """The frame was not valid msgpack, or an HTTP body not valid JSON."""
+    code, http_status = -32700, 400
 
 
 class InvalidRequest(RpcError):
-    code = -32600
-    http_status = 400
+    """Not a JSON-RPC 2.0 request object (or a frame or batch over the limits)."""
+    code, http_status = -32600, 400
 
 
 class MethodNotFound(RpcError):
-    code = -32601
-    http_status = 404
+    """No such service or public method."""
+    code, http_status = -32601, 404
 
 
 class InvalidParams(RpcError):
-    code = -32602
-    http_status = 400
+    """The params do not bind to the method's signature."""
+    code, http_status = -32602, 400
 
 
 class InternalError(RpcError):
+    """The framework itself failed (for example, a result it could not encode)."""
     code = -32603
 
 
 class RemoteError(RpcError):
     """The remote handler raised. ``data`` holds ``{"type": <exception class name>, "message": ...}``."""
-    code = -32000
-    http_status = 200   # the call was answered: the error is the handler's
+    code, http_status = -32000, 200   # the call was answered: the error is the handler's
 
     @property
     def type(self) -> Optional[str]:
@@ -148,8 +144,7 @@ class RemoteError(RpcError):
 
 class GoingAway(RpcError):
     """The node is shutting down and did not process the call; any node may take it instead."""
-    code = -32001
-    http_status = 503
+    code, http_status = -32001, 503
     not_processed = True
 
 
@@ -160,14 +155,13 @@ class DeadlineExceeded(Timeout):
 
 class Overloaded(RpcError):
     """The node refused the call to protect itself; the call was not processed."""
-    code = -32003
-    http_status = 503
+    code, http_status = -32003, 503
     not_processed = True
 
 
 class Unauthorized(RpcError):
-    code = -32004
-    http_status = 403
+    """The call carried no token, or the wrong one; the handler did not run."""
+    code, http_status = -32004, 403
 
 
 _BY_CODE = {cls.code: cls for cls in (

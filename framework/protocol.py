@@ -56,6 +56,11 @@ def pack(obj: Any) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+PING_FRAME = pack({"jsonrpc": "2.0", "id": 0, "method": PING})
+PONG_FRAME = pack({"jsonrpc": "2.0", "id": 0, "result": "pong"})
+GOAWAY_FRAME = pack({"jsonrpc": "2.0", "method": GOAWAY, "params": []})
+
+
 def frame_packer() -> Callable[[Any], bytes]:
     """A :func:`pack` that reuses one ``msgpack.Packer`` (``packb`` builds one per call). For one
     thread of control only - a gevent hub's greenlets - since the Packer has a single buffer."""
@@ -71,9 +76,9 @@ def frame_packer() -> Callable[[Any], bytes]:
 def request_packer(one_thread: bool = True) -> Callable[..., bytes]:
     """``pack_request(rid, method, params, timeout_ms=None, token=None)`` -> the frame of
     :func:`request`'s object, built from a cached encoding of its constant keys and of the method
-    name, so a call packs only its id, params and meta (0.9 us less per call than packing the
-    map). ``one_thread``: reuse one ``msgpack.Packer`` (greenlets of one hub); False for callers
-    on several OS threads."""
+    name, so a call packs only its id, params and meta (the saving: docs/performance.md).
+    ``one_thread``: reuse one ``msgpack.Packer`` (greenlets of one hub); False for callers on
+    several OS threads."""
     packb = (msgpack.Packer(use_bin_type=True).pack if one_thread
              else functools.partial(msgpack.packb, use_bin_type=True))
     header = _HEADER.pack

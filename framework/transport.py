@@ -1,4 +1,4 @@
-"""Transport: one persistent, multiplexed connection per node, and the health record of each node.
+"""Transport: one persistent, multiplexed connection to a node, and what a socket failure means.
 
 A :class:`Connection` carries any number of concurrent calls. Each request gets a fresh integer id;
 a reader worker matches responses by id, so they may come back in any order. Socket failures become
@@ -24,17 +24,15 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 import gevent
 from gevent.hub import Waiter as _Waiter
 
 from . import protocol
-from .tls import client_tls_context
 from .errors import ConnectionLost, NotSent, ProtocolError, RpcError, Timeout, from_error_object
 
 log = logging.getLogger(__name__)
-
 
 
 def send_all(sock: socket.socket, data: bytes) -> None:
@@ -121,7 +119,7 @@ class Connection:
         self._ping_sent = now
         try:
             with self._write_lock:
-                self.sock.sendall(protocol.pack({"jsonrpc": "2.0", "id": 0, "method": protocol.PING}))
+                self.sock.sendall(protocol.PING_FRAME)
         except OSError as exc:
             self._fail(exc)
 
@@ -367,110 +365,3 @@ def _green_threads() -> bool:
     enforces their deadlines (a real OS thread would need ``threading.Event`` to be woken)."""
     from gevent import monkey
     return monkey.is_module_patched("threading")
-
-
-class NodeHealth:
-    """Outlier ejection for one node: consecutive failures eject it for a backoff that doubles up to
-    ``max_ejection``; one success takes it back. A node whose connect is refused is ejected at once."""
-
-    __slots__ = ("failures", "ejected_until", "ejections")
-
-    def __init__(self):
-        self.failures = 0
-        self.ejected_until = 0.0
-        self.ejections = 0
-
-    def usable(self, now: float) -> bool:
-        return now >= self.ejected_until
-
-    def success(self) -> None:
-        if self.failures:
-            self.failures = 0
-            self.ejections = 0
-
-    def failure(self, now: float, threshold: int, base: float, cap: float) -> bool:
-        """Record a failure; returns True when this failure ejected the node."""
-        self.failures += 1
-        if self.failures >= threshold:
-            self.ejected_until = now + min(cap, base * (2 ** self.ejections))
-            self.ejections = min(self.ejections + 1, 16)
-            self.failures = 0
-            return True
-        return False
-
-
-class Pool:
-    """Connections and health records keyed by node address. Thread/greenlet safe."""
-
-    def __init__(self, connect_timeout: float = 1.0, max_frame: int = protocol.MAX_FRAME,
-                 eject_threshold: int = 3, eject_base: float = 0.5, eject_cap: float = 10.0,
-                 stall_after: float = 0.5, tls: Union[None, str, ssl.SSLContext] = None):
-        self.connect_timeout = connect_timeout
-        #: client-side TLS for the RPC port: a context, or the path of the CA bundle to verify with
-        self.tls = client_tls_context(tls) if isinstance(tls, str) else tls
-        #: seconds a call waits before pinging its node, and a ping waits before the node counts
-        #: as stalled (frozen/blackholed); 0 disables the check
-        self.stall_after = stall_after
-        self.max_frame = max_frame
-        self.eject_threshold = eject_threshold
-        self.eject_base, self.eject_cap = eject_base, eject_cap
-        self._conns: Dict[str, Connection] = {}
-        self._health: Dict[str, NodeHealth] = {}
-        self._locks: Dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
-        self.closed = False
-
-    def health(self, address: str) -> NodeHealth:
-        h = self._health.get(address)
-        if h is None:
-            h = self._health.setdefault(address, NodeHealth())
-        return h
-
-    def usable(self, address: str, now: float) -> bool:
-        h = self._health.get(address)
-        if h is not None and not h.usable(now):
-            return False
-        conn = self._conns.get(address)
-        return conn is None or not self.stall_after or not conn.stalled(now, self.stall_after)
-
-    def get(self, address: str, timeout: float) -> Connection:
-        conn = self._conns.get(address)
-        if conn is not None and conn.alive and conn.accepting:
-            return conn
-        with self._lock:
-            lock = self._locks.setdefault(address, threading.Lock())
-        with lock:  # one connect per node at a time; the others reuse its result
-            conn = self._conns.get(address)
-            if conn is not None and conn.alive and conn.accepting:
-                return conn
-            if self.closed:
-                raise NotSent("client is closed")
-            conn = Connection.open(address, min(timeout, self.connect_timeout), self.max_frame,
-                                   self.tls)
-            self._conns[address] = conn
-            return conn
-
-    def record(self, address: str, ok: bool, eject_now: bool = False) -> None:
-        if ok:
-            h = self._health.get(address)
-            if h is not None and h.failures:
-                h.success()
-            return
-        h = self.health(address)
-        threshold = 1 if eject_now else self.eject_threshold
-        if h.failure(time.monotonic(), threshold, self.eject_base, self.eject_cap):
-            log.info("ejected node %s for %.1fs", address, h.ejected_until - time.monotonic())
-
-    def forget(self, address: str) -> None:
-        """The node left the registry: retire its connection (calls in flight still get their
-        answers - a draining node sends them) and drop its health record."""
-        conn = self._conns.pop(address, None)
-        self._health.pop(address, None)
-        if conn is not None:
-            conn.retire()
-
-    def close(self) -> None:
-        self.closed = True
-        for conn in list(self._conns.values()):
-            conn.close()
-        self._conns.clear()

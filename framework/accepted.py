@@ -1,0 +1,269 @@
+"""The accepted connection: one client's msgpack stream on a node, from bytes in to answers out.
+
+Its reader turns frames into calls; the node's :class:`~framework.workers.Workers` run them, and
+their answers are written back as they complete (out of order), coalesced:
+
+* **Reading.** Between frames a connection may idle for ever; once a frame has begun, the peer has
+  ``frame_timeout`` seconds to finish it, so a slow sender cannot pin memory. Pings are answered
+  here, without a handler, so an unanswered ping means the node is stalled, never merely busy.
+* **Backpressure.** The reader takes one of ``max_conn_in_flight`` slots per request and then a
+  worker slot; both block when full, so the reader stops reading and TCP pushes back on the sender.
+* **Lone requests run in the reader.** With nothing else in flight on the connection and no call
+  waiting for a worker, the request runs in the reader itself, which saves the hand-off to a worker
+  (two greenlet switches and a hub turn). Should it block, the hub runs :meth:`_take_over` meanwhile
+  and a new reader greenlet goes on reading, so pings are still answered and later calls still start.
+* **Coalesced writes.** The first answer of a burst waits one loop turn while calls are queued,
+  so their answers share a write; once ``write_part`` answers are queued they go out at once, so the
+  caller decodes them on another core while the node computes the rest.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any, List
+
+import gevent
+import gevent.event
+import gevent.lock
+
+from . import protocol
+from .errors import GoingAway, InternalError, ParseError, ProtocolError
+from .transport import send_all
+
+log = logging.getLogger(__name__)
+
+class AcceptedConnection:
+    """The node's side of one client connection. ``node`` is the :class:`~framework.server.Server`:
+    its limits, workers and dispatcher, and whether it is going away."""
+
+    __slots__ = ("node", "sock", "peer", "out", "out_bytes", "flushing", "drained", "in_flight",
+                 "closed", "idle", "slots", "queued", "write_lock", "frames", "frame_began",
+                 "reader", "inline", "finished", "part")
+
+    def __init__(self, node: Any, sock: socket.socket, peer: Any):
+        self.node = node
+        self.sock = sock
+        self.peer = peer
+        self.out: List[bytes] = []
+        self.out_bytes = 0          # queued or being written; bounded by throttle()
+        self.flushing = False       # a greenlet is collecting this burst's answers to send them
+        self.part = node.write_part
+        self.write_lock = gevent.lock.Semaphore()   # one write at a time: frames never interleave
+        self.drained = gevent.event.Event()
+        self.in_flight = 0
+        self.closed = False
+        self.idle = gevent.event.Event()
+        self.idle.set()
+        # the per-connection in-flight cap: the reader takes a slot per request, the call frees it
+        self.slots = gevent.lock.BoundedSemaphore(node.max_conn_in_flight)
+        self.queued = node.pool._jobs   # the node's calls waiting for a worker
+        self.frames = protocol.FrameReader(node.max_frame)   # shared by successive readers
+        self.frame_began = time.monotonic()   # when the frame being read began to arrive
+        self.reader: Any = None          # the greenlet reading this connection now
+        self.inline: Any = None          # the reader while it runs a call itself
+        self.finished = gevent.event.Event()   # set once the last reader closed the connection
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    def serve(self, first: bytes) -> None:
+        """Run in the accepting greenlet: read until the peer leaves, then close. Returns only once
+        the last reader is done (the StreamServer closes the socket when this returns)."""
+        self.read(first)
+        if self.reader is not gevent.getcurrent():
+            self.finished.wait()   # a reader that took over is still reading
+
+    def read(self, first: bytes = b"") -> None:
+        """The connection's reader: frames in, calls started. It runs in the accepting greenlet,
+        or in a replacement started by :meth:`_take_over` when a call it ran blocked."""
+        me = self.reader = gevent.getcurrent()
+        frames = self.frames
+        try:
+            while not self.closed:
+                if first:
+                    data, first = first, b""
+                else:
+                    data = self._recv(frames)
+                if not data:
+                    break
+                if not frames.buffered:
+                    self.frame_began = time.monotonic()
+                try:
+                    bodies = frames.feed(data)
+                except ProtocolError as exc:
+                    self._reject(exc)
+                    break
+                if not self._start(bodies, me):
+                    return
+        finally:
+            if self.reader is me:
+                self._finish()
+
+    def _recv(self, frames: protocol.FrameReader) -> bytes:
+        """The next bytes, or b"" when the peer left or took too long to finish a frame."""
+        sock = self.sock
+        if frames.buffered:
+            sock.settimeout(max(0.001, self.frame_began + self.node.frame_timeout - time.monotonic()))
+        else:
+            sock.settimeout(None)
+        try:
+            return sock.recv(262144)
+        except OSError as exc:
+            if isinstance(exc, socket.timeout):
+                log.info("closing connection from %s: frame not finished in %ss",
+                         self.peer[0], self.node.frame_timeout)
+            return b""
+
+    def _start(self, bodies: List[bytes], me: Any) -> bool:
+        """Start the calls in ``bodies``; False when this greenlet must stop reading (the
+        connection is rejected, or a call it ran blocked and another reader took over)."""
+        node = self.node
+        received = time.monotonic()
+        unpack = protocol.unpack_body if self.frames.marked else protocol.unpack_unmarked
+        for body in bodies:
+            try:
+                obj = unpack(body)
+            except ParseError as exc:
+                self._reject(exc)
+                return False
+            if type(obj) is dict and obj.get("method") == protocol.PING:
+                self.send(protocol.PONG_FRAME)  # liveness: answered here, even when busy
+                continue
+            if node.going_away:
+                self._refuse(obj)
+                continue
+            # both block when full: the per-connection cap, then the node's workers
+            self.slots.acquire()
+            if not self.in_flight:
+                self.idle.clear()
+            self.in_flight += 1
+            if self.in_flight == 1 and len(bodies) == 1 and not self.queued:
+                self._run_inline(obj, received, me)
+                if self.reader is not me:
+                    return False  # the call blocked: a new reader took over (and the close)
+            else:
+                node.pool.submit(self.run, obj, received)
+        return True
+
+    def _run_inline(self, obj: Any, received: float, me: Any) -> None:
+        self.inline = me
+        self.node._hub.loop.run_callback(self._take_over, me)
+        try:
+            self.node.pool.run_here(self.run, obj, received)
+        finally:
+            if self.inline is me:
+                self.inline = None
+
+    def _take_over(self, me: Any) -> None:
+        # in the hub: if ``me`` is still inside a call it ran inline, that call blocked
+        if self.inline is me and self.reader is me and not self.closed:
+            self.reader = gevent.spawn(self.read)
+
+    def _finish(self) -> None:
+        """The last reader is done: close the connection once its calls are answered."""
+        self.node._conns.discard(self)
+        if self.in_flight:
+            # the peer may only have half-closed (SHUT_WR): its answers still go out
+            self.idle.wait(self.node.drain_timeout)
+        self.close()
+        self.finished.set()
+
+    # ---- calls -----------------------------------------------------------------------------------
+
+    def run(self, obj: Any, received: float) -> None:
+        """Dispatch one request and send its answer; frees the request's in-flight slot."""
+        node = self.node
+        try:
+            response = node.dispatcher.handle(obj, received)
+            if response is not None and not self.closed:
+                try:
+                    frame = node._pack(response)
+                except Exception as exc:  # the handler returned something msgpack cannot encode
+                    frame = protocol.pack(protocol.error_response(response.get("id"), InternalError(
+                        f"result could not be encoded: {exc}")))
+                self.send(frame)
+                self.throttle(node.max_pending_output)
+        finally:
+            self.slots.release()
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+
+    def _reject(self, exc: BaseException) -> None:
+        log.warning("closing connection from %s: %s", self.peer[0], exc)
+        try:
+            self.sock.sendall(protocol.pack(protocol.error_response(None, exc)))
+        except OSError:
+            pass
+
+    def _refuse(self, obj: Any) -> None:
+        rid = obj.get("id") if isinstance(obj, dict) else None
+        if rid is not None:
+            self.send(protocol.pack(protocol.error_response(
+                rid, GoingAway("node is shutting down; call not processed"))))
+
+    # ---- writing ---------------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame``; the first writer of a burst sends everything queued meanwhile."""
+        out = self.out
+        out.append(frame)
+        self.out_bytes += len(frame)
+        if self.flushing:
+            # a full part goes out now instead of at the end of the burst (see the module docstring)
+            if len(out) >= self.part and self.write_lock.acquire(blocking=False):
+                try:
+                    self._write()
+                finally:
+                    self.write_lock.release()
+            return
+        self.flushing = True
+        try:
+            # one loop turn first when calls are waiting: they run now and queue their frames too
+            # (a lone call's answer goes out at once)
+            if self.queued:
+                gevent.sleep(0)
+            with self.write_lock:
+                while out and not self.closed:
+                    self._write()
+        finally:
+            self.flushing = False
+            self.drained.set()
+
+    def _write(self) -> None:
+        out = self.out
+        chunk = b"".join(out) if len(out) > 1 else out[0]
+        out.clear()
+        try:
+            send_all(self.sock, chunk)
+        except OSError:
+            self.closed = True
+            return
+        self.out_bytes -= len(chunk)
+        self.drained.set()
+
+    def throttle(self, limit: int) -> None:
+        """Wait while more than ``limit`` bytes are queued for a peer that does not read: the call
+        keeps its in-flight slot meanwhile, so the reader stops and memory stays bounded."""
+        while self.flushing and self.out_bytes > limit and not self.closed:
+            self.drained.clear()
+            self.drained.wait()
+
+    def go_away(self) -> None:
+        """Tell the peer the node is draining: it sends no new calls on this connection."""
+        self.send(protocol.GOAWAY_FRAME)
+
+    def shutdown(self) -> None:
+        """End the connection at the end of a drain: the reader sees the close and finishes."""
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
