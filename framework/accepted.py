@@ -57,7 +57,7 @@ class AcceptedConnection:
         self.idle.set()
         # the per-connection in-flight cap: the reader takes a slot per request, the call frees it
         self.slots = gevent.lock.BoundedSemaphore(node.max_conn_in_flight)
-        self.queued = node.pool._jobs   # the node's calls waiting for a worker
+        self.queued = node.pool.queued   # the node's calls waiting for a worker
         self.frames = protocol.FrameReader(node.max_frame)   # shared by successive readers
         self.frame_began = time.monotonic()   # when the frame being read began to arrive
         self.reader: Any = None          # the greenlet reading this connection now
@@ -147,7 +147,7 @@ class AcceptedConnection:
 
     def _run_inline(self, obj: Any, received: float, me: Any) -> None:
         self.inline = me
-        self.node._hub.loop.run_callback(self._take_over, me)
+        self.node.hub.loop.run_callback(self._take_over, me)
         try:
             self.node.pool.run_here(self.run, obj, received)
         finally:
@@ -161,7 +161,7 @@ class AcceptedConnection:
 
     def _finish(self) -> None:
         """The last reader is done: close the connection once its calls are answered."""
-        self.node._conns.discard(self)
+        self.node.connections.discard(self)
         if self.in_flight:
             # the peer may only have half-closed (SHUT_WR): its answers still go out
             self.idle.wait(self.node.drain_timeout)
@@ -177,7 +177,7 @@ class AcceptedConnection:
             response = node.dispatcher.handle(obj, received)
             if response is not None and not self.closed:
                 try:
-                    frame = node._pack(response)
+                    frame = node.pack(response)
                 except Exception as exc:  # the handler returned something msgpack cannot encode
                     frame = protocol.pack(protocol.error_response(response.get("id"), InternalError(
                         f"result could not be encoded: {exc}")))

@@ -124,15 +124,15 @@ class Server:
             instance.client = self.client
         self.metrics = NodeMetrics(self)
         self.dispatcher = Dispatcher(self.instances, token=token, observe=self.metrics.observe)
-        self._pack = protocol.frame_packer()   # the node's greenlets share one OS thread
+        self.pack = protocol.frame_packer()   # the node's greenlets share one OS thread
         self.pool = Workers(max_concurrency)
         self.registration: Optional[Registration] = None
         self.draining = False      # deregistered: still serving during the grace window
         self.going_away = False    # past the grace window: refuse new calls
         self.started_at = 0.0
-        self._conns: set = set()
+        self.connections: set = set()   # AcceptedConnections open now
         self._server: Optional[StreamServer] = None
-        self._hub: Any = None   # the gevent hub serving this node, set by start()
+        self.hub: Any = None   # the gevent hub serving this node, set by start()
         self._stopped = gevent.event.Event()
         self.http = NodeHttp(self)   # GET /healthz, GET /metrics, POST / on the same port
 
@@ -164,7 +164,7 @@ class Server:
         self._server = StreamServer((self.host, self.port), self._handle,
                                     spawn=gevent.pool.Pool(self.max_connections))
         self._server.start()
-        self._hub = gevent.get_hub()
+        self.hub = gevent.get_hub()
         self.started_at = round(time.time(), 3)
         log.info("serving %s on %s:%s", ", ".join(s.name for s in self.specs), *self.address)
         if self.etcd is not None:
@@ -188,15 +188,15 @@ class Server:
         self.going_away = True
         if self._server is not None:
             self._server.close()
-        for conn in list(self._conns):
+        for conn in list(self.connections):
             conn.go_away()
         deadline = time.monotonic() + drain_timeout
-        for conn in list(self._conns):
+        for conn in list(self.connections):
             conn.idle.wait(max(0.0, deadline - time.monotonic()))
         self.pool.join(timeout=max(0.0, deadline - time.monotonic()))
         # a request already on the wire when $goaway left still gets its "not processed" answer
         gevent.sleep(min(self.linger, max(0.0, deadline - time.monotonic())))
-        for conn in list(self._conns):
+        for conn in list(self.connections):
             conn.shutdown()
         # HTTP keep-alive connections too: their calls are done (the pool drained), and a client
         # waiting on one must see the close, not a node that is gone but still holds the socket
@@ -230,7 +230,7 @@ class Server:
                 sock.close()
             return
         conn = AcceptedConnection(self, sock, peer)
-        self._conns.add(conn)
+        self.connections.add(conn)
         conn.serve(first)
 
     def _accept(self, sock, peer):

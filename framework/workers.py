@@ -33,6 +33,7 @@ class Workers:
         self.size = size
         self._slots = gevent.lock.Semaphore(size)
         self._jobs: collections.deque = collections.deque()
+        self.queued = self._jobs       # read-only view for readers: calls waiting for a worker
         self._parked: List[Any] = []   # idle workers, each waiting in hub.switch()
         self._scheduled = False        # a _dispatch is pending in the hub's callbacks
         self._busy = 0
