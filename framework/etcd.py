@@ -194,9 +194,12 @@ def _kv(d: dict) -> KV:
               int(d.get("mod_revision", 0)), int(d.get("lease", 0)))
 
 
+_NOT_JSON = object()
+
+
 def _answer(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> Tuple[bytes, Any]:
     """Read the whole body, close the connection, decode JSON: ``(raw, data)``. ``data`` is ``{}``
-    for an empty body and None for one that is not JSON (each caller reports that its own way)."""
+    for an empty body and ``_NOT_JSON`` for a body that is not JSON (each caller reports that)."""
     try:
         raw = resp.read()
     except (OSError, http.client.HTTPException) as exc:
@@ -206,7 +209,7 @@ def _answer(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) ->
     try:
         return raw, json.loads(raw or b"{}")
     except ValueError:
-        return raw, None
+        return raw, _NOT_JSON
 
 
 class Etcd:
@@ -267,7 +270,7 @@ class Etcd:
             self._authenticate()
         conn, resp = self._open(path, body, self.timeout)
         raw, data = _answer(conn, resp)
-        if data is None:
+        if data is _NOT_JSON:
             raise EtcdError(f"etcd answered non-JSON: {raw[:200]!r}")
         if resp.status != 200:
             message = str(data.get("message") or data.get("error") or raw[:200])
@@ -286,7 +289,7 @@ class Etcd:
         conn, resp = self._open("/v3/auth/authenticate",
                                 {"name": self.username, "password": self.password or ""}, self.timeout)
         raw, data = _answer(conn, resp)
-        if data is None:
+        if data is _NOT_JSON:
             data = {"message": raw[:200].decode("utf-8", "replace").strip()}
         if resp.status != 200 or not data.get("token"):
             raise EtcdError(f"etcd authentication as {self.username!r} failed: "
