@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from . import record
 from .backoff import Backoff
 from .errors import EtcdError
-from .etcd import Etcd
+from .etcd import EtcdAPI, WatchStream
 from .record import Node
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class _Watched:
         self.cluster: Optional[str] = None
         self.carried: Dict[str, Node] = {}   # nodes kept through an etcd replacement
         self.carry_until = 0.0
-        self.watch = None
+        self.watch: Optional[WatchStream] = None
         self.thread = threading.Thread(target=self._run, name=f"framework-watch-{service}",
                                        daemon=True)
 
@@ -84,9 +84,10 @@ class _Watched:
         replaced = (self.cluster and cluster and cluster != self.cluster) or revision < self.revision
         if replaced and d.replace_grace > 0:
             # A different (new, empty) etcd answers: another cluster id, or - for a member rebuilt
-            # with the same configuration, whose cluster id is the same - a revision that went back. Its list is true but not yet complete: live
-            # nodes register again within about TTL/3. Keep the missing ones for replace_grace so
-            # callers are not told "no node" meanwhile; a dead one costs one refused connect.
+            # with the same configuration, whose cluster id is the same - a revision that went
+            # back. Its list is true but not yet complete: live nodes register again within about
+            # TTL/3. Keep the missing ones for replace_grace so callers are not told "no node"
+            # meanwhile; a dead one costs one refused connect.
             self.carried = {k: n for k, n in self.nodes.items() if k not in nodes}
             self.carry_until = now + d.replace_grace
             log.warning("etcd was replaced (revision %d -> %d); keeping %d unconfirmed %s nodes "
@@ -160,7 +161,7 @@ class _Watched:
 class Discovery:
     """Watched caches for any number of services; share one per process (``Client(discovery=...)``)."""
 
-    def __init__(self, etcd: Etcd, prefix: str = DEFAULT_PREFIX, idle_resync: float = 30.0,
+    def __init__(self, etcd: EtcdAPI, prefix: str = DEFAULT_PREFIX, idle_resync: float = 30.0,
                  replace_grace: float = 10.0):
         self.etcd = etcd
         #: after etcd is replaced by another cluster, seconds to keep nodes it does not list yet

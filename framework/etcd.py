@@ -1,7 +1,7 @@
 """etcd access: the one module that talks to etcd, through etcd's v3 JSON gateway (HTTP/1.1).
 
-Everything else uses the narrow :class:`Etcd` interface below (get_prefix, put, delete, grant,
-keepalive, revoke, watch), which is also the seam where tests substitute a fake.
+Everything else uses the narrow interface :class:`EtcdAPI`, which :class:`Etcd` implements; it is
+also the seam where tests substitute a fake (``tests/test_etcd_interface.py`` keeps both in step).
 
 Why the JSON gateway and ``http.client`` rather than a gRPC client: the same code must run in an
 unpatched threaded program and in a gevent-patched one. ``http.client`` uses whatever ``socket`` the
@@ -29,9 +29,9 @@ import logging
 import socket
 import ssl
 import os
-import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Any, Generator, List, Mapping, NamedTuple, Optional, Protocol, Sequence, Tuple,
+                    Union, runtime_checkable)
 
 from .errors import EtcdError, WatchLost
 from .tls import client_tls_context
@@ -51,6 +51,49 @@ class KV(NamedTuple):
 class Event(NamedTuple):
     type: str  # "PUT" or "DELETE"
     kv: KV
+
+
+#: one watch message: (store revision, the events, cluster id of the answering member)
+WatchMessage = Tuple[int, List[Event], Optional[str]]
+
+
+@runtime_checkable
+class WatchStream(Protocol):
+    """What :meth:`EtcdAPI.watch` returns. Iterating yields :data:`WatchMessage` until the stream
+    fails; the iterator is a generator because the reader closes it when it stops early."""
+
+    def __iter__(self) -> Generator[WatchMessage, None, None]: ...
+
+    def close(self) -> None:
+        """Safe from any thread: makes the reader's iteration end."""
+
+
+@runtime_checkable
+class EtcdAPI(Protocol):
+    """The etcd operations the rest of the framework uses; every method raises :class:`EtcdError`
+    when etcd cannot be reached or refuses."""
+
+    #: the endpoints tried, "host:port" each
+    endpoints: List[str]
+    #: cluster id reported by the last answer; a change means etcd was replaced
+    cluster_id: Optional[str]
+
+    def get_prefix(self, prefix: str) -> Tuple[int, List[KV]]:
+        """The store revision the answer reflects, and every key under ``prefix``."""
+
+    def put(self, key: str, value: Union[str, bytes], lease: int = 0) -> int:
+        """Returns the store revision of the write."""
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; returns its id."""
+
+    def keepalive(self, lease: int) -> int:
+        """Refresh ``lease`` once. Returns the new TTL; 0 means the lease no longer exists."""
+
+    def revoke(self, lease: int) -> None: ...
+
+    def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0) -> WatchStream:
+        """Watch every key under ``prefix`` from ``start_revision`` on."""
 
 
 def parse_endpoints(etcd: Union[None, str, Sequence[str]], default: Optional[str] = None) -> List[str]:
@@ -151,6 +194,24 @@ def _kv(d: dict) -> KV:
               int(d.get("mod_revision", 0)), int(d.get("lease", 0)))
 
 
+_NOT_JSON = object()
+
+
+def _answer(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> Tuple[bytes, Any]:
+    """Read the whole body, close the connection, decode JSON: ``(raw, data)``. ``data`` is ``{}``
+    for an empty body and ``_NOT_JSON`` for a body that is not JSON (each caller reports that)."""
+    try:
+        raw = resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise EtcdError(f"etcd read failed: {exc}") from None
+    finally:
+        conn.close()
+    try:
+        return raw, json.loads(raw or b"{}")
+    except ValueError:
+        return raw, _NOT_JSON
+
+
 class Etcd:
     """A small etcd v3 client. ``tls`` is an ``ssl.SSLContext`` (see :func:`framework.tls.client_tls_context`)."""
 
@@ -163,7 +224,6 @@ class Etcd:
         self.tls = tls
         self._current = 0
         self._token: Optional[str] = None
-        self._lock = threading.Lock()
         #: cluster id reported by the last answer; a change means etcd was replaced.
         self.cluster_id: Optional[str] = None
 
@@ -182,7 +242,7 @@ class Etcd:
             headers["Authorization"] = self._token
         return headers
 
-    def _open(self, path: str, body: dict, timeout: float, stream: bool = False):
+    def _open(self, path: str, body: dict, timeout: float):
         """POST to the first endpoint that answers; returns (connection, response)."""
         payload = json.dumps(body)
         errors = []
@@ -209,16 +269,9 @@ class Etcd:
         if self.username and not self._token:
             self._authenticate()
         conn, resp = self._open(path, body, self.timeout)
-        try:
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise EtcdError(f"etcd read failed: {exc}") from None
-        finally:
-            conn.close()
-        try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
-            raise EtcdError(f"etcd answered non-JSON: {raw[:200]!r}") from None
+        raw, data = _answer(conn, resp)
+        if data is _NOT_JSON:
+            raise EtcdError(f"etcd answered non-JSON: {raw[:200]!r}")
         if resp.status != 200:
             message = str(data.get("message") or data.get("error") or raw[:200])
             if retry_auth and self.username and "token" in message:
@@ -235,15 +288,8 @@ class Etcd:
     def _authenticate(self) -> None:
         conn, resp = self._open("/v3/auth/authenticate",
                                 {"name": self.username, "password": self.password or ""}, self.timeout)
-        try:
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise EtcdError(f"etcd read failed: {exc}") from None
-        finally:
-            conn.close()
-        try:
-            data = json.loads(raw or b"{}")
-        except ValueError:
+        raw, data = _answer(conn, resp)
+        if data is _NOT_JSON:
             data = {"message": raw[:200].decode("utf-8", "replace").strip()}
         if resp.status != 200 or not data.get("token"):
             raise EtcdError(f"etcd authentication as {self.username!r} failed: "
@@ -253,7 +299,6 @@ class Etcd:
     # ---- key/value -----------------------------------------------------------------------------
 
     def get_prefix(self, prefix: str) -> Tuple[int, List[KV]]:
-        """Every key under ``prefix`` and the store revision the answer reflects."""
         data = self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
         return int(data["header"]["revision"]), [_kv(d) for d in data.get("kvs", [])]
 
@@ -275,7 +320,6 @@ class Etcd:
         return int(self._call("/v3/lease/grant", {"TTL": int(ttl)})["ID"])
 
     def keepalive(self, lease: int) -> int:
-        """Refresh ``lease`` once. Returns the new TTL; 0 means the lease no longer exists."""
         data = self._call("/v3/lease/keepalive", {"ID": str(lease)})
         return int(data.get("result", {}).get("TTL", 0))
 
@@ -290,7 +334,7 @@ class Etcd:
             self._authenticate()
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision), "progress_notify": True}}
-        conn, resp = self._open("/v3/watch", body, idle_timeout, stream=True)
+        conn, resp = self._open("/v3/watch", body, idle_timeout)
         if resp.status != 200:
             raw = resp.read()[:200]
             conn.close()
@@ -302,16 +346,14 @@ class Etcd:
 
 
 class Watch:
-    """One streaming watch. Iterating yields ``(revision, [Event, ...], cluster_id)``; it raises
-    :class:`WatchLost` when the stream ends or etcd cancels it, and ``socket.timeout`` after
-    ``idle_timeout`` without a message (the caller then resyncs, which also catches a silently dead
-    stream)."""
+    """One streaming watch (a :class:`WatchStream`). Iterating raises :class:`WatchLost` when the
+    stream ends or etcd cancels it, and ``socket.timeout`` after ``idle_timeout`` without a message
+    (the caller then resyncs, which also catches a silently dead stream)."""
 
     def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse):
         self._conn, self._resp = conn, resp
-        self.closed = False
 
-    def __iter__(self) -> Iterator[Tuple[int, List[Event], Optional[str]]]:
+    def __iter__(self) -> Generator[WatchMessage, None, None]:
         try:
             yield from self._messages()
         finally:
@@ -319,7 +361,7 @@ class Watch:
             # thread is blocked in raises "reentrant call"
             self._conn.close()
 
-    def _messages(self) -> Iterator[Tuple[int, List[Event], Optional[str]]]:
+    def _messages(self) -> Generator[WatchMessage, None, None]:
         while True:
             try:
                 line = self._resp.readline(16 * 1024 * 1024)
@@ -347,7 +389,6 @@ class Watch:
 
     def close(self) -> None:
         """Safe from any thread: shutdown wakes the reader, whose iterator then closes the socket."""
-        self.closed = True
         try:
             sock = self._conn.sock
             if sock is not None:

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Optional
 
 from .backoff import Backoff
 from .errors import EtcdError
-from .etcd import Etcd
+from .etcd import EtcdAPI
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class Registration:
     """Keeps ``entries`` (key -> value) in etcd under one lease. Safe to run in a thread or greenlet."""
 
-    def __init__(self, etcd: Etcd, entries: Dict[str, str], ttl: int = 10,
+    def __init__(self, etcd: EtcdAPI, entries: Dict[str, str], ttl: int = 10,
                  on_change: Optional[Callable[["Registration"], None]] = None):
         if ttl < 2:
             raise ValueError("ttl must be at least 2 seconds")

@@ -1,5 +1,6 @@
-"""An in-memory stand-in for framework.etcd.Etcd, for fast unit tests of lease and cache logic only.
-Every behaviour tested here is also tested against a real etcd elsewhere."""
+"""An in-memory implementation of framework.etcd.EtcdAPI, for fast unit tests of lease and cache
+logic only. Every behaviour tested here is also tested against a real etcd elsewhere.
+tests/test_etcd_interface.py checks that FakeEtcd and FakeWatch keep matching the interface."""
 import queue
 import threading
 
@@ -14,6 +15,7 @@ class FakeEtcd:
         self.leases = {}
         self.down = False
         self.cluster_id = "c1"
+        self.endpoints = ["fake:2379"]
         self.watch_starts = []
         self.watchers = []
         self.calls = []
