@@ -22,7 +22,7 @@ from .balancer import P2C
 from .discovery import DEFAULT_PREFIX, Discovery
 from .record import Node
 from .errors import (ConnectionLost, MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout)
-from .etcd import Etcd, EtcdConfig
+from .etcd import EtcdAPI, EtcdConfig
 from .health import Health
 from .pool import Pool
 
@@ -42,7 +42,7 @@ class Client:
     def __init__(self, etcd: Union[None, str, Sequence[str], EtcdConfig] = None, timeout: float = 5.0,
                  prefix: str = DEFAULT_PREFIX, *, discovery: Optional[Discovery] = None,
                  pool: Optional[Pool] = None, token: Optional[str] = None, tls: Any = None,
-                 etcd_client: Optional[Etcd] = None, balancer: Optional[Callable[[], Any]] = None):
+                 etcd_client: Optional[EtcdAPI] = None, balancer: Optional[Callable[[], Any]] = None):
         self.timeout = timeout
         #: builds one policy per service (framework.balancer): P2C by default - `make bench` shows it
         #: no slower than RoundRobin on equal nodes and far better when one node is slow

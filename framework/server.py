@@ -32,7 +32,7 @@ from .accepted import AcceptedConnection
 from .client import Client
 from .discovery import DEFAULT_PREFIX, Discovery
 from .dispatch import Dispatcher
-from .etcd import Etcd, EtcdConfig
+from .etcd import EtcdAPI, EtcdConfig
 from .httpapi import NodeHttp, sniff
 from .metrics import NodeMetrics
 from .registry import Registration
@@ -86,7 +86,7 @@ class Server:
                  prefix: str = DEFAULT_PREFIX, advertise: Optional[str] = None,
                  max_concurrency: int = 1000, max_frame: int = protocol.MAX_FRAME,
                  token: Optional[str] = None, metadata: Optional[dict] = None,
-                 etcd_client: Optional[Etcd] = None, tls: Optional[ssl.SSLContext] = None,
+                 etcd_client: Optional[EtcdAPI] = None, tls: Optional[ssl.SSLContext] = None,
                  client_tls: Optional[ssl.SSLContext] = None,
                  max_conn_in_flight: Optional[int] = None, max_connections: Optional[int] = None,
                  frame_timeout: Optional[float] = None):
@@ -111,7 +111,7 @@ class Server:
             self.max_connections = max_connections
         if frame_timeout is not None:
             self.frame_timeout = frame_timeout
-        self.etcd: Optional[Etcd] = None
+        self.etcd: Optional[EtcdAPI] = None
         if etcd is not False:
             self.etcd = etcd_client or EtcdConfig.coerce(etcd).client()
         self.discovery: Optional[Discovery] = (
