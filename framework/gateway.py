@@ -15,19 +15,19 @@ and what a failure looks like over HTTP:
 * a handler's exception -> -32000 with ``data = {"type", "message"}`` (200: the call was answered).
 
 The per-call deadline is ``timeout`` seconds, or the request's ``meta.timeout_ms`` capped at
-``max_timeout``. ``GET /healthz`` is 200 while serving and 503 once :meth:`Gateway.stop` began;
-``GET /metrics`` is Prometheus text.
+``max_timeout``. The routes are :mod:`framework.web`'s: ``GET /healthz`` is 200 while serving and 503
+once :meth:`Gateway.stop` began, ``GET /metrics`` is Prometheus text (with every HTTP answer counted
+by status), and an ``Authorization`` header is not read: calls carry the gateway's own token.
 
 The gateway needs a gevent-patched process (``python -m framework gateway`` patches at startup).
 """
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 import time
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import gevent
 import gevent.event
@@ -40,8 +40,9 @@ from .discovery import DEFAULT_PREFIX
 from .errors import (CommunicationError, EtcdError, InternalError, InvalidParams, InvalidRequest,
                      MethodNotFound, RemoteError, RpcError, ServiceUnavailable, Timeout,
                      Unauthorized)
-from .jsonrpc_http import JsonRpcHttp, Limits, respond, serve_post
+from .jsonrpc_http import JsonRpcHttp, Limits
 from .metrics import GatewayMetrics
+from .web import HttpSurface
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,12 @@ class Gateway:
         self.max_timeout = max_timeout
         self.limits = limits
         self.metrics = GatewayMetrics(self)
+        # -32603 here means the node was lost mid-call: the upstream failed, not the gateway
         self.rpc = JsonRpcHttp(self._invoke, limits, statuses={InternalError.code: 502})
         self.draining = False
+        self.wsgi = HttpSurface(self.rpc, self.metrics, health=self.health,
+                                draining=lambda: self.draining, on_status=self.metrics.answered,
+                                log=log)
         # services seen in the registry, or declared: the only ones called
         self._known: set = set(services)
         self._names_at = 0.0
@@ -156,39 +161,6 @@ class Gateway:
         return {"status": "draining" if self.draining else "serving", "version": __version__,
                 "services": self.client.discovery.stats()}
 
-    def wsgi(self, environ: dict, start_response) -> List[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "/")
-        status = 500
-        try:
-            if path == "/" and method == "POST":
-                status, body = serve_post(self.rpc, environ, start_response)
-                return body
-            if path == "/healthz" and method in ("GET", "HEAD"):
-                status = 503 if self.draining else 200
-                return respond(start_response, status, _json(self.health()),
-                               [("Cache-Control", "no-store")])
-            if path == "/metrics" and method in ("GET", "HEAD"):
-                status = 200
-                body = self.metrics.render()
-                start_response("200 OK", [("Content-Type", self.metrics.content_type),
-                                          ("Content-Length", str(len(body)))])
-                return [body]
-            if path in ("/", "/healthz", "/metrics"):
-                status = 405
-                allow = "POST" if path == "/" else "GET, HEAD"
-                return respond(start_response, 405, _json({"error": f"use {allow}"}),
-                               [("Allow", allow)])
-            status = 404
-            return respond(start_response, 404, _json({"error": f"no route {path}"}))
-        except Exception:  # the traceback goes to the log, never into the response
-            log.exception("HTTP %s %s failed", method, path)
-            status = 500
-            return respond(start_response, 500, _json({"error": "internal error"}),
-                           [("Connection", "close")])
-        finally:
-            self.metrics.http.labels(str(status)).inc()
-
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self, host: str = "0.0.0.0", port: int = 8080,
@@ -234,7 +206,3 @@ def serve(etcd: Union[None, str, Sequence[str]] = None, host: str = "0.0.0.0", p
           **kwargs) -> Gateway:
     """Build and start a :class:`Gateway` (``kwargs`` as for the constructor). Needs gevent patching."""
     return Gateway(etcd, **kwargs).start(host, port)
-
-
-def _json(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()

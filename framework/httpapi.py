@@ -1,31 +1,27 @@
-"""A node's HTTP surface, on its RPC port: health, metrics and JSON-RPC for ``curl``.
+"""A node's HTTP, on its RPC port: telling HTTP from msgpack, and the node's side of the routes.
 
 The server reads the first bytes of every connection. When they are an HTTP method (``GET ``,
 ``POST``, ...) the connection is handed to gevent's ``pywsgi`` handler with those bytes replayed;
 anything else is the msgpack protocol. No valid msgpack frame can start with an HTTP method: read
 as the big-endian frame length, ``b"GET "`` is about 1.2 GB, far over the largest frame a node accepts.
 
-Routes (``HEAD`` works wherever ``GET`` does):
-
-* ``GET /healthz`` - 200 ``{"status": "serving", ...}`` while serving; 503 ``{"status": "draining"}``
-  once shutdown began, so a load balancer stops sending before the node goes away;
-* ``GET /metrics`` - Prometheus text (:mod:`framework.metrics`);
-* ``POST /`` - a JSON-RPC 2.0 body for this node's services (:mod:`framework.jsonrpc_http`). With a
-  shared token, send it as ``Authorization: Bearer <token>``.
+The routes are :mod:`framework.web`'s (``GET /healthz``, ``GET /metrics``, ``POST /``); what is the
+node's own: its health dict, ``POST /`` calls running its dispatcher in its own pool, and a shared
+token sent as ``Authorization: Bearer <token>`` becoming the token of every call in the body.
 """
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from . import __version__, protocol
 from .errors import GoingAway
-from .jsonrpc_http import JsonRpcHttp, Limits, bearer_token, respond, serve_post
+from .jsonrpc_http import JsonRpcHttp, Limits
+from .web import HttpSurface
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +73,24 @@ class _Replay:
         return getattr(self._sock_obj, name)
 
 
-def json_body(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+def bearer_meta(environ: dict) -> Optional[dict]:
+    """``Authorization: Bearer <token>`` as the ``meta`` of each call; None without one."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    return {"token": token} if token else None
 
 
 class NodeHttp:
-    """The WSGI app of one :class:`~framework.server.Server`, and the hand-off of sniffed sockets."""
+    """The HTTP side of one :class:`~framework.server.Server`: sniffed sockets go to pywsgi, whose
+    app (``app``) is the shared :class:`~framework.web.HttpSurface`."""
 
     def __init__(self, server: Any, limits: Limits = Limits()):
         self.server = server
         # HTTP calls run in the node's own pool: they count as in flight and share its limit
         self.rpc = JsonRpcHttp(self._invoke, limits, spawn=self._spawn)
         self.connections: set = set()   # sockets being served as HTTP
+        self.app = HttpSurface(self.rpc, server.metrics, health=self.health,
+                               draining=lambda: self.server.draining, meta=bearer_meta, log=log)
         self._wsgi = WSGIServer(("127.0.0.1", 0), self.app, log=None,
                                 error_log=LoggingLogAdapter(log, logging.ERROR))
 
@@ -118,31 +120,3 @@ class NodeHttp:
                 "registered": bool(reg is not None and reg.registered),
                 "version": __version__,
                 "uptime_s": round(time.time() - server.started_at, 3) if server.started_at else 0}
-
-    def app(self, environ: dict, start_response) -> List[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "/")
-        try:
-            if path == "/healthz" and method in ("GET", "HEAD"):
-                status = 503 if self.server.draining else 200
-                return respond(start_response, status, json_body(self.health()),
-                               [("Cache-Control", "no-store")])
-            if path == "/metrics" and method in ("GET", "HEAD"):
-                body = self.server.metrics.render()
-                start_response("200 OK", [("Content-Type", self.server.metrics.content_type),
-                                          ("Content-Length", str(len(body)))])
-                return [body]
-            if path == "/" and method == "POST":
-                token = bearer_token(environ)
-                _, body = serve_post(self.rpc, environ, start_response,
-                                     {"token": token} if token else None)
-                return body
-            if path in ("/", "/healthz", "/metrics"):
-                allow = "POST" if path == "/" else "GET, HEAD"
-                return respond(start_response, 405, json_body({"error": f"use {allow}"}),
-                               [("Allow", allow)])
-            return respond(start_response, 404, json_body({"error": f"no route {path}"}))
-        except Exception:  # answer in JSON and keep the traceback in the log, not the response
-            log.exception("HTTP %s %s failed", method, path)
-            return respond(start_response, 500, json_body({"error": "internal error"}),
-                           [("Connection", "close")])

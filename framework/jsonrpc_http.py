@@ -61,7 +61,8 @@ def status_line(code: int) -> str:
 
 
 def read_body(environ: dict, max_body: int) -> bytes:
-    """The request body, never more than ``max_body`` bytes of it (Content-Length or chunked)."""
+    """The request body, never more than ``max_body`` bytes of it (Content-Length or chunked);
+    raises :class:`BodyTooLarge` as soon as it is known to be longer."""
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
     if length:
@@ -70,7 +71,7 @@ def read_body(environ: dict, max_body: int) -> bytes:
         except ValueError:
             n = -1
         if n > max_body:
-            raise BodyTooLarge(n)
+            raise _too_large(max_body)
         if n >= 0:
             return stream.read(n)
     # chunked or unknown length: read at most one byte past the limit, in pieces
@@ -83,8 +84,12 @@ def read_body(environ: dict, max_body: int) -> bytes:
         parts.append(chunk)
         total += len(chunk)
         if total > max_body:
-            raise BodyTooLarge(total)
+            raise _too_large(max_body)
     return b"".join(parts)
+
+
+def _too_large(max_body: int) -> BodyTooLarge:
+    return BodyTooLarge(f"Invalid Request: body larger than {max_body} bytes")
 
 
 def _reject_constant(name: str) -> Any:
@@ -164,13 +169,16 @@ class JsonRpcHttp:
         code = error.get("code")
         return self.statuses.get(code) or http_status(code)
 
+    def refuse(self, exc: RpcError) -> Tuple[int, bytes]:
+        """The answer to a body refused as a whole: ``exc`` with id null, at ``exc``'s HTTP status."""
+        return exc.http_status, encode(protocol.error_response(None, exc))
+
     def handle(self, body: bytes, meta: Optional[dict] = None) -> Tuple[int, Optional[bytes]]:
         """``meta`` (e.g. a token from an Authorization header) fills in each request's ``meta``."""
         try:
             value = decode(body, self.limits.max_depth)
         except ParseError as exc:
-            response = protocol.error_response(None, exc)
-            return self.status_for(response), encode(response)
+            return self.refuse(exc)
         if isinstance(value, list):
             return self._batch(value, meta)
         response = self._one_or_error(value, meta)
@@ -205,12 +213,10 @@ class JsonRpcHttp:
 
     def _batch(self, items: list, meta: Optional[dict]) -> Tuple[int, Optional[bytes]]:
         if not items:
-            response = protocol.error_response(None, InvalidRequest("Invalid Request: empty batch"))
-            return 400, encode(response)
+            return self.refuse(InvalidRequest("Invalid Request: empty batch"))
         if len(items) > self.limits.max_batch:
-            response = protocol.error_response(None, InvalidRequest(
+            return self.refuse(InvalidRequest(
                 f"Invalid Request: batch of {len(items)} exceeds the limit of {self.limits.max_batch}"))
-            return 400, encode(response)
         spawn = self.spawn or gevent.spawn
         slots: List[Any] = []   # a response dict, a greenlet, or None for a notification
         for obj in items:
@@ -251,20 +257,13 @@ def serve_post(rpc: JsonRpcHttp, environ: dict, start_response,
     """The whole ``POST /`` exchange; returns the status (for metrics) and the WSGI body."""
     try:
         body = read_body(environ, rpc.limits.max_body)
-    except BodyTooLarge:
-        response = protocol.error_response(None, InvalidRequest(
-            f"Invalid Request: body larger than {rpc.limits.max_body} bytes"))
-        # the rest of the body is never read, so the connection cannot be reused
-        return 413, respond(start_response, 413, encode(response), [("Connection", "close")])
+    except BodyTooLarge as exc:
+        refused: RpcError = exc
     except (OSError, ValueError) as exc:  # client hung up or sent a broken chunked body
-        response = protocol.error_response(None, ParseError(f"Parse error: could not read the body: {exc}"))
-        return 400, respond(start_response, 400, encode(response), [("Connection", "close")])
-    status, payload = rpc.handle(body, meta)
-    return status, respond(start_response, status, payload)
-
-
-def bearer_token(environ: dict) -> Optional[str]:
-    auth = environ.get("HTTP_AUTHORIZATION", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return None
+        refused = ParseError(f"Parse error: could not read the body: {exc}")
+    else:
+        status, payload = rpc.handle(body, meta)
+        return status, respond(start_response, status, payload)
+    status, payload = rpc.refuse(refused)
+    # the body was not read to its end, so the connection cannot be reused
+    return status, respond(start_response, status, payload, [("Connection", "close")])

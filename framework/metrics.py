@@ -23,7 +23,6 @@ Read from live state at scrape time (nothing on the call path):
 """
 from __future__ import annotations
 
-import logging
 from bisect import bisect_left
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -34,13 +33,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
 
-log = logging.getLogger(__name__)
-
 #: RPCs on loopback take well under a millisecond, so the buckets start far below the default 5 ms
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class _CallStats:
@@ -185,3 +180,7 @@ class GatewayMetrics(CallMetrics):
 
     def finished(self) -> None:
         self._in_flight -= 1
+
+    def answered(self, status: int) -> None:
+        """Count one HTTP answer (the gateway's ``HttpSurface`` calls this for every response)."""
+        self.http.labels(str(status)).inc()

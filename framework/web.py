@@ -1,0 +1,94 @@
+"""The HTTP surface shared by nodes and the gateway: one WSGI app for health, metrics and JSON-RPC.
+
+Routes (``HEAD`` works wherever ``GET`` does):
+
+* ``GET /healthz`` - 200 and the owner's health dict while serving; 503 once it is draining, so a
+  load balancer stops sending before it goes away. Never cached;
+* ``GET /metrics`` - Prometheus text (:mod:`framework.metrics`);
+* ``POST /`` - a JSON-RPC 2.0 body (:mod:`framework.jsonrpc_http`).
+
+Another method on one of these paths is 405 with ``Allow``; another path is 404; an exception is a
+500 whose JSON body says only ``internal error``, the traceback going to the log.
+
+A node (:mod:`framework.httpapi`) and the gateway (:mod:`framework.gateway`) each build one
+:class:`HttpSurface`; everything that differs between the two is an argument of its constructor.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable, List, Optional, Tuple
+
+from .jsonrpc_http import JsonRpcHttp, respond, serve_post
+
+#: the methods each route answers, as its 405 names them in ``Allow``
+_ALLOW = {"/": "POST", "/healthz": "GET, HEAD", "/metrics": "GET, HEAD"}
+_READ = ("GET", "HEAD")
+
+
+def json_body(obj: Any) -> bytes:
+    """A compact JSON body for the surface's own (non-JSON-RPC) answers."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _no_meta(environ: dict) -> Optional[dict]:
+    return None
+
+
+class HttpSurface:
+    """The WSGI app serving ``/healthz``, ``/metrics`` and ``POST /`` for one node or gateway.
+
+    * ``rpc`` answers ``POST /``; ``metrics`` has ``render()`` and ``content_type``;
+    * ``health()`` is the ``/healthz`` body and ``draining()`` turns its status to 503;
+    * ``meta(environ)`` is merged into every request's ``meta`` (None: nothing to add);
+    * ``on_status(status)``, when given, sees the status of every answer, 500s included;
+    * ``log`` records failures: the owner's logger, so its name in the log stays the owner's.
+    """
+
+    def __init__(self, rpc: JsonRpcHttp, metrics: Any, *, health: Callable[[], dict],
+                 draining: Callable[[], bool],
+                 meta: Callable[[dict], Optional[dict]] = _no_meta,
+                 on_status: Optional[Callable[[int], None]] = None,
+                 log: logging.Logger = logging.getLogger(__name__)):
+        self.rpc = rpc
+        self.metrics = metrics
+        self.health = health
+        self.draining = draining
+        self.meta = meta
+        self.on_status = on_status
+        self.log = log
+
+    def __call__(self, environ: dict, start_response) -> List[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/")
+        status = 500
+        try:
+            status, body = self._route(method, path, environ, start_response)
+            return body
+        except Exception:
+            self.log.exception("HTTP %s %s failed", method, path)
+            status = 500
+            return respond(start_response, 500, json_body({"error": "internal error"}),
+                           [("Connection", "close")])
+        finally:
+            if self.on_status is not None:
+                self.on_status(status)
+
+    def _route(self, method: str, path: str, environ: dict,
+               start_response) -> Tuple[int, List[bytes]]:
+        if path == "/" and method == "POST":
+            return serve_post(self.rpc, environ, start_response, self.meta(environ))
+        if path == "/healthz" and method in _READ:
+            status = 503 if self.draining() else 200
+            return status, respond(start_response, status, json_body(self.health()),
+                                   [("Cache-Control", "no-store")])
+        if path == "/metrics" and method in _READ:
+            body = self.metrics.render()
+            start_response("200 OK", [("Content-Type", self.metrics.content_type),
+                                      ("Content-Length", str(len(body)))])
+            return 200, [body]
+        allow = _ALLOW.get(path)
+        if allow is not None:
+            return 405, respond(start_response, 405, json_body({"error": f"use {allow}"}),
+                                [("Allow", allow)])
+        return 404, respond(start_response, 404, json_body({"error": f"no route {path}"}))
