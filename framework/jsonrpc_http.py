@@ -52,7 +52,8 @@ class Limits:
 
 _REASONS = {200: "200 OK", 204: "204 No Content", 400: "400 Bad Request", 403: "403 Forbidden",
             404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Content Too Large",
-            500: "500 Internal Server Error", 503: "503 Service Unavailable",
+            500: "500 Internal Server Error", 502: "502 Bad Gateway",
+            503: "503 Service Unavailable",
             504: "504 Gateway Timeout"}
 
 
