@@ -1,0 +1,235 @@
+"""The long-running subcommands: ``serve`` (a node), ``gateway`` (the HTTP front door) and ``etcd``
+(a local development etcd).
+
+``serve`` and ``gateway`` monkey-patch the process with gevent first thing (``_patch``), so the
+server and gateway modules are imported inside their command functions, after the patch, never at
+the top of this module.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+
+from .shared import EXIT_USAGE, FORMATTER, common_flags, etcd_config, log, registry_flags
+
+_SERVE_DESCRIPTION = (
+    "Serve every @framework.service class defined in MODULE on one port, register it in etcd and "
+    "keep it registered.\n\n"
+    "The same port answers msgpack JSON-RPC (framework clients) and HTTP:\n"
+    "  GET /healthz   200 while serving, 503 while draining\n"
+    "  GET /metrics   Prometheus text\n"
+    "  POST /         JSON-RPC 2.0 for this node's services\n\n"
+    "SIGTERM or SIGINT: deregister at once, keep serving for --grace seconds, answer later calls "
+    "with GoingAway, wait up to --drain-timeout for calls in flight, exit 0."
+)
+
+_GATEWAY_DESCRIPTION = (
+    "Serve JSON-RPC 2.0 over HTTP: POST / with a request, a notification or a batch; each "
+    "\"Service.method\" call goes through the framework client (watched cache, retries, "
+    "deadlines).\n\n"
+    "  GET /healthz   200 while serving, 503 while draining\n"
+    "  GET /metrics   Prometheus text\n\n"
+    "HTTP status of a single call: 200 result or handler error, 204 notification, 400 "
+    "parse/invalid request/params, 404 no such method or service, 413 body too large, 502 node "
+    "lost mid-call, 503 no live node, 504 deadline passed. A batch answers 200."
+)
+
+_ETCD_DESCRIPTION = (
+    "Run a single-member etcd on loopback for development. Data lives in --data-dir, so a restart "
+    "keeps registrations and leases."
+)
+
+
+def _patch() -> None:
+    from gevent import monkey
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
+
+
+def rpc_security_options(args) -> dict:
+    """Server keyword arguments for TLS on the RPC port and the shared call token (both off unless
+    given)."""
+    from ..tls import client_tls_context, server_tls_context
+    options: dict = {"token": args.token or os.environ.get("FRAMEWORK_TOKEN") or None}
+    if args.tls_cert:
+        options["tls"] = server_tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if args.tls_ca:
+        options["client_tls"] = client_tls_context(args.tls_ca)
+    return options
+
+
+def limit_options(args) -> dict:
+    """Server keyword arguments for the limits given on the command line (others keep defaults)."""
+    names = ("max_concurrency", "max_conn_in_flight", "max_connections", "frame_timeout",
+             "max_frame")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _serve_until_signal(component, what: str, ready: str) -> int:
+    """Run ``component`` (a Server or Gateway) until SIGTERM/SIGINT asks for its graceful stop.
+    ``ready`` is printed on stdout once the handlers are in place: scripts and framework.testing
+    wait for that line, and a signal sent right after it must already mean a graceful stop."""
+    import gevent
+
+    def shutdown(signum):
+        log.info("signal %s: %s", signal.Signals(signum).name, what)
+        gevent.spawn(component.stop)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, shutdown, sig)
+    print(ready, flush=True)
+    component.serve_forever()
+    return 0
+
+
+def serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="serve every @framework.service class of a module",
+                       formatter_class=FORMATTER,
+                       description=_SERVE_DESCRIPTION)
+    common_flags(s)
+    s.add_argument("module", help="importable module, e.g. demo_hello.service")
+    s.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    s.add_argument("--port", type=int, default=0, help="bind port (default 0: any free port)")
+    s.add_argument("--advertise", default=None,
+                   help="host[:port] published in etcd (default: the bound address, or this "
+                   "machine's primary address when bound to 0.0.0.0)")
+    registry_flags(s)
+    s.add_argument("--ttl", type=int, default=10,
+                   help="lease TTL in seconds (default 10): how long a dead node stays listed")
+    s.add_argument("--grace", type=float, default=None,
+                   help="seconds to keep serving after deregistering (default 0.5)")
+    s.add_argument("--drain-timeout", type=float, default=None,
+                   help="longest wait for calls in flight at shutdown (default 10)")
+    s.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="serve the RPC port over TLS with this certificate (off by default)")
+    s.add_argument("--tls-key", default=None, metavar="PEM", help="key of --tls-cert")
+    s.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                   help="also require client certificates signed by this CA (mutual TLS)")
+    s.add_argument("--tls-ca", default=None, metavar="PEM",
+                   help="CA to verify other nodes' certificates when this node calls them")
+    s.add_argument("--token", default=None,
+                   help="require this shared token on every call ($FRAMEWORK_TOKEN; off by default)")
+    s.add_argument("--max-concurrency", type=int, default=None,
+                   help="calls in flight on this node (default 1000)")
+    s.add_argument("--max-conn-in-flight", type=int, default=None,
+                   help="calls in flight per connection (default 256)")
+    s.add_argument("--max-connections", type=int, default=None,
+                   help="open connections at once (default 10000)")
+    s.add_argument("--frame-timeout", type=float, default=None,
+                   help="seconds to finish a TLS handshake, the first bytes or a begun frame "
+                   "(default 30)")
+    s.add_argument("--max-frame", type=int, default=None,
+                   help="largest frame body accepted, in bytes (default 8 MiB)")
+    s.set_defaults(func=cmd_serve, default_level="info")
+
+
+def cmd_serve(args) -> int:
+    _patch()
+    from ..server import Server
+    from ..service import services_in_module
+
+    sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(args.module)
+    services = services_in_module(module)
+    if not services:
+        print(f"error: no @framework.service class defined in {args.module}", file=sys.stderr)
+        return EXIT_USAGE
+    server = Server(services, host=args.host, port=args.port, etcd=etcd_config(args), ttl=args.ttl,
+                    prefix=args.prefix, advertise=args.advertise, **rpc_security_options(args),
+                    **limit_options(args))
+    if args.grace is not None:
+        server.grace = args.grace
+    if args.drain_timeout is not None:
+        server.drain_timeout = args.drain_timeout
+    server.start()
+    if server.registration is not None and not server.registration.wait_registered(10.0):
+        log.warning("not registered in etcd yet; serving anyway and retrying in the background")
+    host, port = server.address
+    names = ",".join(spec.name for spec in server.specs)
+    return _serve_until_signal(server, "deregistering, draining, exiting",
+                               f"serving {names} on {host}:{port} advertised as {server.advertised}")
+
+
+def gateway_parser(sub) -> None:
+    g = sub.add_parser("gateway", help="HTTP JSON-RPC 2.0 front door to every registered service",
+                       formatter_class=FORMATTER,
+                       description=_GATEWAY_DESCRIPTION)
+    common_flags(g)
+    g.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    g.add_argument("--port", type=int, default=8080, help="bind port (default 8080; 0: any)")
+    registry_flags(g)
+    g.add_argument("--timeout", type=float, default=5.0,
+                   help="per-call deadline in seconds (default 5); a request's meta.timeout_ms "
+                   "overrides it, up to --max-timeout")
+    g.add_argument("--max-timeout", type=float, default=60.0,
+                   help="cap on meta.timeout_ms, in seconds (default 60)")
+    g.add_argument("--max-body", type=int, default=1024 * 1024,
+                   help="largest request body in bytes (default 1 MiB; larger: 413)")
+    g.add_argument("--max-batch", type=int, default=100,
+                   help="most requests in one batch (default 100)")
+    g.add_argument("--max-depth", type=int, default=32,
+                   help="deepest JSON nesting accepted (default 32)")
+    g.add_argument("--max-connections", type=int, default=10000,
+                   help="concurrent HTTP connections (default 10000)")
+    g.add_argument("--grace", type=float, default=0.5,
+                   help="on SIGTERM, seconds /healthz says 503 before the port closes (default 0.5)")
+    g.add_argument("--token", default=None,
+                   help="shared token sent to the nodes on every call ($FRAMEWORK_TOKEN)")
+    g.add_argument("--service", action="append", default=[], metavar="NAME",
+                   help="a service this gateway fronts (repeatable): while none of its nodes is "
+                   "registered, even since before the gateway started, its calls get 503 "
+                   "(-32010), not 404")
+    g.set_defaults(func=cmd_gateway, default_level="info")
+
+
+def cmd_gateway(args) -> int:
+    _patch()
+    from ..gateway import Gateway
+    from ..jsonrpc_http import Limits
+
+    limits = Limits(max_body=args.max_body, max_batch=args.max_batch, max_depth=args.max_depth)
+    gateway = Gateway(etcd_config(args), prefix=args.prefix, timeout=args.timeout,
+                      max_timeout=args.max_timeout, limits=limits,
+                      token=args.token or os.environ.get("FRAMEWORK_TOKEN") or None,
+                      services=args.service)
+    gateway.grace = args.grace
+    try:
+        gateway.start(args.host, args.port, max_connections=args.max_connections)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    host, port = gateway.address
+    return _serve_until_signal(gateway, "draining the gateway and exiting",
+                               f"gateway listening on {host}:{port}")
+
+
+def etcd_parser(sub) -> None:
+    e = sub.add_parser("etcd", help="run a local single-node etcd for development",
+                       description=_ETCD_DESCRIPTION)
+    common_flags(e)
+    e.add_argument("--data-dir", default=None, help="default ./.etcd-data")
+    e.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    e.add_argument("--port", type=int, default=2379, help="client port (default 2379)")
+    e.add_argument("--peer-port", type=int, default=2380, help="peer port (default 2380)")
+    e.set_defaults(func=cmd_etcd, default_level="info")
+
+
+def cmd_etcd(args) -> int:
+    import subprocess
+    from ..devetcd import EtcdProcess
+    data_dir = args.data_dir or os.path.join(os.getcwd(), ".etcd-data")
+    member = EtcdProcess(data_dir=data_dir, port=args.port, peer_port=args.peer_port, host=args.host)
+    child = subprocess.Popen(member.command())
+    print(f"etcd listening on {member.endpoint} (data in {data_dir}); Ctrl-C stops it", flush=True)
+    stopping = []
+
+    def stop(signum, frame):  # a clean stop is a success, whichever signal asked for it
+        stopping.append(signum)
+        child.terminate()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    code = child.wait()
+    return 0 if stopping else code
