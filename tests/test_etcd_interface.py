@@ -16,9 +16,9 @@ FRAMEWORK = pathlib.Path(framework.__file__).parent
 
 #: modules the usage scan skips, and why; none of them may import framework.etcd
 NOT_CONSUMERS = {
-    "etcd.py": "the implementation itself",
-    "devetcd.py": "'etcd' there is an EtcdProcess (a local etcd server), not a client",
-    "testing.py": "'etcd' there is the EtcdProcess fixture, not a client",
+    "etcd": "the implementation itself",
+    "devetcd": "'etcd' there is an EtcdProcess (a local etcd server), not a client",
+    "testing": "'etcd' there is the EtcdProcess fixture, not a client",
 }
 #: the names the framework gives an EtcdAPI object (variables, parameters, attributes)
 CLIENT_NAMES = {"etcd", "etcd_client"}
@@ -100,16 +100,18 @@ def _used_members(names: set) -> dict:
     """Attribute name -> ["module:line", ...] for every ``<receiver>.<attribute>`` in the framework
     whose receiver is called one of ``names``."""
     used: dict = {}
-    for path in sorted(FRAMEWORK.glob("*.py")):
+    for path in sorted(FRAMEWORK.rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
-        if path.name in NOT_CONSUMERS:
+        rel = path.relative_to(FRAMEWORK)
+        top = rel.parts[0].removesuffix(".py")   # a module, or the package it belongs to
+        if top in NOT_CONSUMERS:
             assert not _imports_etcd(tree), (
-                f"{path.name} now imports framework.etcd; drop it from NOT_CONSUMERS "
-                f"({NOT_CONSUMERS[path.name]}) so its uses are checked")
+                f"{rel} now imports framework.etcd; drop {top} from NOT_CONSUMERS "
+                f"({NOT_CONSUMERS[top]}) so its uses are checked")
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and _receiver_named(node.value, names):
-                used.setdefault(node.attr, []).append(f"{path.name}:{node.lineno}")
+                used.setdefault(node.attr, []).append(f"{rel}:{node.lineno}")
     return used
 
 
