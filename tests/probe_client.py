@@ -11,10 +11,10 @@ if "--patched" in sys.argv:
 
 import json  # noqa: E402
 import os  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 
 import framework  # noqa: E402
+from framework.testing import Load  # noqa: E402
 
 
 def main():
@@ -29,21 +29,9 @@ def main():
     print(json.dumps({"ready": client.nodes("HelloService")}), flush=True)
     while not os.path.exists(flag):
         time.sleep(0.05)   # the caller does nothing but sleep; the cache must stay current anyway
-    results, errors = [], []
-
-    def work():
-        for _ in range(50):
-            try:
-                results.append(client.HelloService.Pid())
-            except Exception as exc:
-                errors.append(repr(exc))
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps({"pids": sorted(set(results)), "calls": len(results), "errors": errors,
+    load = Load(client.HelloService.Pid, callers=8, per_caller=50, join_timeout=None).run()
+    print(json.dumps({"pids": sorted(load.by_result), "calls": len(load.ok),
+                      "errors": [e.value for e in load.errors],
                       "nodes": client.nodes("HelloService")}), flush=True)
     client.close()
 

@@ -1,7 +1,6 @@
 """Issue 2 scenarios against a real etcd and real node processes: registration, discovery, calls."""
 import json
 import signal
-import threading
 import time
 import urllib.request
 import base64
@@ -10,7 +9,7 @@ import pytest
 
 import framework
 from framework.etcd import Etcd
-from framework.testing import wait_until
+from framework.testing import Load, RawConnection, sample, scrape_metrics, wait_until
 from framework.transport import Connection
 
 
@@ -105,12 +104,7 @@ def test_etcd_replaced_by_an_empty_one_every_node_registers_again(etcd, serve_no
     ghost = "127.0.0.1:1"   # a record that only the old etcd has: the client must forget it
     store.put(f"/services/HelloService/{ghost}", json.dumps({"address": ghost}))
     wait_until(lambda: set(client.nodes("HelloService")) == {a.address, b.address, ghost})
-    stop, results, errors = threading.Event(), [], []
-    callers = [threading.Thread(target=_hammer, args=(client, "Hello", stop, results, errors, "w"))
-               for _ in range(4)]
-    for t in callers:
-        t.start()
-    try:
+    with Load(lambda: client.HelloService.Hello("w"), callers=4, join_timeout=10) as load:
         etcd.wipe()
         wiped = time.monotonic()
         expected = {f"/services/{s}/{n.address}" for n in (a, b) for s in n.services}
@@ -120,50 +114,30 @@ def test_etcd_replaced_by_an_empty_one_every_node_registers_again(etcd, serve_no
         wait_until(lambda: set(client.nodes("HelloService")) == {a.address, b.address}, timeout=15,
                    message="client to converge on the new etcd")
         converged = time.monotonic() - wiped
-        mark = len(results)
-        wait_until(lambda: len(results) > mark + 50, timeout=10)
-    finally:
-        stop.set()
-        for t in callers:
-            t.join(10)
+        mark = len(load.ok)
+        wait_until(lambda: len(load.ok) > mark + 50, timeout=10)
     print(f"etcd replaced: nodes registered again after {registered:.2f}s, client converged "
-          f"after {converged:.2f}s; {len(results)} calls, {len(errors)} failed")
+          f"after {converged:.2f}s; {len(load.ok)} calls, {len(load.errors)} failed")
     assert set(a.services) >= {"HelloService", "Ledger", "GreeterService"}
-    assert errors == [], "the cache must not go empty while the nodes register again"
-
-
-def _hammer(client, method, stop, results, errors, *args):
-    while not stop.is_set():
-        try:
-            results.append(getattr(client.HelloService, method)(*args))
-        except Exception as exc:  # counted, not raised: the test asserts on the count
-            errors.append(repr(exc))
+    assert load.errors == [], "the cache must not go empty while the nodes register again"
 
 
 def test_sixteen_callers_lose_no_call_when_one_of_three_nodes_is_sigkilled(serve_node, make_client):
     nodes = [serve_node("tests.services", ttl=3) for _ in range(3)]
     client = make_client(timeout=10)
     wait_until(lambda: len(client.nodes("HelloService")) == 3)
-    stop, results, errors = threading.Event(), [], []
-    threads = [threading.Thread(target=_hammer, args=(client, "Pid", stop, results, errors))
-               for _ in range(16)]
-    for t in threads:
-        t.start()
-    try:
-        wait_until(lambda: len(results) > 300, timeout=20)
+    with Load(client.HelloService.Pid, callers=16, join_timeout=15) as load:
+        wait_until(lambda: len(load.ok) > 300, timeout=20)
         nodes[0].kill()
-        before = len(results)
-        wait_until(lambda: len(results) > before + 500, timeout=30)
+        before = len(load.ok)
+        wait_until(lambda: len(load.ok) > before + 500, timeout=30)
         late = serve_node("tests.services", ttl=3)
-        mark = len(results)
-        wait_until(lambda: late.pid in results[mark:], timeout=20, message="new node to get traffic")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(15)
-    print(f"{len(results)} calls, {len(errors)} failed")
-    assert errors == []
-    assert len(results) > 800
+        mark = len(load.ok)
+        wait_until(lambda: late.pid in load.values(since=mark), timeout=20,
+                   message="new node to get traffic")
+    print(f"{len(load.ok)} calls, {len(load.errors)} failed")
+    assert load.errors == []
+    assert len(load.ok) > 800
 
 
 def test_a_call_that_reached_a_dying_node_runs_once_unless_idempotent(tmp_path, serve_node,
@@ -275,33 +249,20 @@ def test_etcd_endpoints_come_from_the_environment_by_default(etcd, serve_node, m
         assert client.nodes("HelloService") == [node.address]
 
 
-def _etcd_metric(endpoint, name):
-    text = urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+def _etcd_watchers(endpoint):
+    """etcd's own count of its watchers."""
+    return sample(scrape_metrics(endpoint, timeout=5), "etcd_debugging_mvcc_watcher_total")
 
 
 def test_one_watch_serves_a_service_however_many_threads_call_it(etcd, serve_node, make_client):
     serve_node("tests.services")
     client = make_client()
-    baseline = _etcd_metric(etcd.endpoint, "etcd_debugging_mvcc_watcher_total")
-    errors = []
-
-    def work():
-        proxy = client.HelloService
-        for _ in range(20):
-            try:
-                proxy.Hello("x")
-            except Exception as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    baseline = _etcd_watchers(etcd.endpoint)
+    load = Load(lambda: client.HelloService.Hello("x"), callers=16, per_caller=20,
+                join_timeout=None).run()
+    assert load.errors == []
     # etcd's own count of watchers: exactly one more, for HelloService
-    wait_until(lambda: _etcd_metric(etcd.endpoint, "etcd_debugging_mvcc_watcher_total") == baseline + 1)
+    wait_until(lambda: _etcd_watchers(etcd.endpoint) == baseline + 1)
 
 
 def test_dev_etcd_command_runs_a_usable_etcd(tmp_path, processes):
@@ -329,18 +290,12 @@ def _up(port):
 
 
 def test_a_client_that_half_closes_after_sending_still_gets_its_answers(serve_node):
-    import socket
     from framework import protocol
     node = serve_node("tests.services")
-    host, port = node.address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(b"".join(protocol.pack(protocol.request(i, "WorkService.Work", [50]))
-                              for i in (1, 2, 3)))
-        sock.shutdown(socket.SHUT_WR)
-        reader, answers = protocol.FrameReader(), []
-        while len(answers) < 3:
-            data = sock.recv(65536)
-            assert data, f"connection closed after {len(answers)} answers"
-            answers += [protocol.unpack_body(b) for b in reader.feed(data)]
+    with RawConnection(node.address, timeout=5) as conn:
+        conn.send(*(protocol.request(i, "WorkService.Work", [50]) for i in (1, 2, 3)))
+        conn.shutdown_write()
+        answers, closed = conn.read_frames(timeout=5, want=3)
+    assert len(answers) >= 3, f"closed={closed} after {len(answers)} answers"
     assert sorted(a["id"] for a in answers) == [1, 2, 3]
     assert all(a["result"] == node.pid for a in answers)

@@ -3,6 +3,7 @@ while a watch was away, and the leader of a real 3-member cluster SIGKILLed unde
 
 Each test prints the figures that docs/reliability.md quotes (run with ``-s`` to see them).
 """
+import functools
 import shutil
 import socket
 import threading
@@ -13,91 +14,45 @@ import pytest
 import framework
 from framework.devetcd import cluster
 from framework.etcd import Etcd, WatchLost
-from framework.testing import NodeProcess, wait_until
+from framework.testing import Load, wait_until
 
 TTL = 3
 
 
-class Load:
-    """``callers`` threads calling ``method`` through ``client`` until stopped; counts outcomes."""
-
-    def __init__(self, client, callers: int = 8, method: str = "HelloService.Pid"):
-        self.client, self.method = client, method
-        self.ok = 0
-        self.errors: list = []
-        self.by_node: dict = {}
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                         for i in range(callers)]
-
-    def _run(self, i: int) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            try:
-                pid = self.client.call(self.method, [])
-            except Exception as exc:  # counted: the tests assert on the count
-                with self._lock:
-                    self.errors.append((time.monotonic(), repr(exc)))
-            else:
-                with self._lock:
-                    self.ok += 1
-                    self.by_node[pid] = self.by_node.get(pid, 0) + 1
-
-    @property
-    def calls(self) -> int:
-        return self.ok + len(self.errors)
-
-    def __enter__(self) -> "Load":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
-
-
-def _node(processes, endpoints: str, ttl: int = TTL) -> NodeProcess:
-    return processes.add(NodeProcess("tests.services", endpoints, ttl=ttl)).start()
+def pid_calls(client):
+    """What each caller of the load does: ask a node for its pid (``by_result`` counts per node)."""
+    return functools.partial(client.call, "HelloService.Pid", [])
 
 
 def _keys(etcd: Etcd, prefix: str = "/services/HelloService/") -> dict:
     return {kv.key: kv.lease for kv in etcd.get_prefix(prefix)[1]}
 
 
-def _grows(load: Load, by: int, timeout: float = 10.0) -> None:
-    target = load.calls + by
-    wait_until(lambda: load.calls >= target, timeout=timeout, message=f"{by} more calls")
-
-
 @pytest.mark.parametrize("comeback", ["restart", "wiped"])
 def test_etcd_down_calls_go_on_dead_node_routed_around_registrations_come_back(
         comeback, etcd, processes):
-    a, b, c = (_node(processes, etcd.endpoint) for _ in range(3))
+    a, b, c = (processes.start_node("tests.services", etcd.endpoint, ttl=TTL) for _ in range(3))
     client = processes.add(framework.Client(etcd=etcd.endpoint, timeout=5))
     client.discovery.replace_grace = TTL   # how long unconfirmed nodes outlive an etcd replacement
     wait_until(lambda: len(client.nodes("HelloService")) == 3, message="three nodes listed")
-    with Load(client) as load:
-        _grows(load, 200)
+    with Load(pid_calls(client), join_timeout=10) as load:
+        load.wait_calls(200)
         etcd.kill()                      # etcd is gone: no answer at all on its port
         down = time.monotonic()
-        _grows(load, 300)
+        load.wait_calls(300)
         before_kill = load.calls
-        assert load.by_node.get(c.pid, 0) > 0
+        assert load.by_result.get(c.pid, 0) > 0
         c.kill()                         # a node dies while nobody can tell etcd
         killed = time.monotonic()
         wait_until(lambda: not client.pool.usable(c.address, time.monotonic()), timeout=5,
                    message="the dead node to be ejected")
         detected = time.monotonic() - killed
-        last = load.by_node.get(c.pid, 0)
+        last = load.by_result.get(c.pid, 0)
         # routed around: C answers no more calls and the others carry on
-        _grows(load, 500)
+        load.wait_calls(500)
         # etcd stays down past a TTL: every lease would have expired by now
         wait_until(lambda: time.monotonic() - down > TTL + 1, timeout=3 * TTL)
-        assert load.by_node.get(c.pid, 0) == last
+        assert load.by_result.get(c.pid, 0) == last
         assert client.nodes("HelloService"), "the cached view must survive etcd being down"
         calls_down = load.calls
         # etcd returns: as it was (leases restored) or empty (a new cluster: re-register)
@@ -113,7 +68,7 @@ def test_etcd_down_calls_go_on_dead_node_routed_around_registrations_come_back(
         wait_until(lambda: set(client.nodes("HelloService")) == {a.address, b.address},
                    timeout=10, message="client view converged")
         converged = time.monotonic() - back
-        _grows(load, 200)
+        load.wait_calls(200)
     if comeback == "restart":
         # the restored leases are kept alive: unchanged for longer than a TTL after the comeback
         leases = _keys(store)
@@ -163,7 +118,7 @@ class _Recorded:
 
 
 def test_compaction_while_the_watch_was_away_relists_and_misses_no_delete(etcd, processes):
-    a, b = _node(processes, etcd.endpoint), _node(processes, etcd.endpoint)
+    a, b = (processes.start_node("tests.services", etcd.endpoint, ttl=TTL) for _ in range(2))
     store = Etcd(etcd.endpoint)
     wait_until(lambda: len(_keys(store)) == 2)
     joined: list = []
@@ -173,7 +128,7 @@ def test_compaction_while_the_watch_was_away_relists_and_misses_no_delete(etcd, 
         # follow, and the history the watch needs is compacted away
         b.terminate()
         wait_until(lambda: f"/services/HelloService/{b.address}" not in _keys(store), timeout=10)
-        joined.append(_node(processes, etcd.endpoint))
+        joined.append(processes.start_node("tests.services", etcd.endpoint, ttl=TTL))
         for i in range(20):
             store.put(f"/other/{i}", "x")
         revision = store.get_prefix("/services/")[0]
@@ -266,38 +221,39 @@ class CuttableProxy:
 
 
 def test_watch_stream_lost_then_delete_and_compaction_client_relists_in_full(etcd, processes):
-    a, b = _node(processes, etcd.endpoint), _node(processes, etcd.endpoint)
+    a, b = (processes.start_node("tests.services", etcd.endpoint, ttl=TTL) for _ in range(2))
     proxy = processes.add(CuttableProxy(etcd.endpoint))
     client = processes.add(framework.Client(etcd=proxy.endpoint, timeout=5))
     wait_until(lambda: set(client.nodes("HelloService")) == {a.address, b.address})
-    with Load(client, callers=4) as load:
-        _grows(load, 100)
+    with Load(pid_calls(client), callers=4, join_timeout=10) as load:
+        load.wait_calls(100)
         proxy.sever()              # the watch loses its stream; etcd is unreachable from here
         store = Etcd(etcd.endpoint)
         b.terminate()              # a delete the client cannot see...
         assert b.wait(15) == 0
-        c = _node(processes, etcd.endpoint)   # ...a join it cannot see...
+        # ...a join it cannot see...
+        c = processes.start_node("tests.services", etcd.endpoint, ttl=TTL)
         for i in range(20):
             store.put(f"/other/{i}", "x")
         etcd.etcdctl("compact", str(store.get_prefix("/")[0]))   # ...and no history left
-        _grows(load, 200)
+        load.wait_calls(200)
         assert b.address in client.nodes("HelloService"), "the view is kept while etcd is away"
         proxy.heal()
         healed = time.monotonic()
         wait_until(lambda: set(client.nodes("HelloService")) == {a.address, c.address},
                    timeout=10, message="a full list after the stream came back")
         relisted = time.monotonic() - healed
-        _grows(load, 200)
+        load.wait_calls(200)
     print(f"\nwatch lost + compaction: {load.calls} calls, {len(load.errors)} failed; view correct "
           f"{relisted:.2f}s after etcd was reachable again")
     assert load.errors == [], load.errors[:5]
-    assert c.pid in load.by_node and load.by_node.get(b.pid, 0) > 0
+    assert load.by_result[c.pid] > 0 and load.by_result.get(b.pid, 0) > 0
 
 
 def test_three_member_cluster_leader_sigkilled_under_load(processes):
     members = [processes.add(m) for m in cluster(3)]
     endpoints = ",".join(m.endpoint for m in members)
-    nodes = [_node(processes, endpoints) for _ in range(3)]
+    nodes = [processes.start_node("tests.services", endpoints, ttl=TTL) for _ in range(3)]
     client = processes.add(framework.Client(etcd=endpoints, timeout=5))
     wait_until(lambda: len(client.nodes("HelloService")) == 3)
     leader = wait_until(lambda: next((m for m in members if m.is_leader()), None), timeout=15,
@@ -305,8 +261,8 @@ def test_three_member_cluster_leader_sigkilled_under_load(processes):
     rest = [m for m in members if m is not leader]
     store = Etcd([m.endpoint for m in rest])
     leases = _keys(store)
-    with Load(client, callers=16) as load:
-        _grows(load, 300)
+    with Load(pid_calls(client), callers=16, join_timeout=10) as load:
+        load.wait_calls(300)
         leader.kill()
         killed = time.monotonic()
         wait_until(lambda: any(m.is_leader() for m in rest), timeout=15, message="a new leader")
@@ -317,16 +273,16 @@ def test_three_member_cluster_leader_sigkilled_under_load(processes):
             assert _keys(store) == leases
             time.sleep(0.2)   # sampling an invariant over a window, not waiting for a condition
         # a node started now (its endpoint list still names the dead member) is discovered
-        d = _node(processes, endpoints)
+        d = processes.start_node("tests.services", endpoints, ttl=TTL)
         started = time.monotonic()
         wait_until(lambda: d.address in client.nodes("HelloService"), timeout=10,
                    message="new node discovered")
         discovered = time.monotonic() - started
-        wait_until(lambda: load.by_node.get(d.pid, 0) > 20, timeout=10,
+        wait_until(lambda: load.by_result.get(d.pid, 0) > 20, timeout=10,
                    message="new node to take calls")
     print(f"\n3-member cluster, leader SIGKILLed: {load.calls} calls by 16 callers, "
           f"{len(load.errors)} failed; new leader after {elected:.2f}s; registrations kept "
           f"({len(leases)} leases unchanged over {1.5 * TTL}s); new node discovered "
           f"{discovered * 1000:.0f}ms after it printed 'serving'")
     assert load.errors == [], load.errors[:5]
-    assert all(load.by_node.get(n.pid, 0) > 0 for n in nodes)
+    assert all(load.by_result.get(n.pid, 0) > 0 for n in nodes)

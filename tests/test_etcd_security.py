@@ -12,15 +12,9 @@ import pytest
 import framework
 from framework.devetcd import EtcdProcess, make_certs
 from framework.errors import EtcdError
-from framework.testing import NodeProcess, wait_until
+from framework.testing import wait_until
 
 PASSWORD = "s3cret-pw"
-
-
-def _node(processes, endpoint, *flags, env=None, ttl=3):
-    node = NodeProcess("tests.services", endpoint, ttl=ttl, extra_args=list(flags), env=env)
-    processes.add(node)
-    return node.start()
 
 
 def _denied(config) -> str:
@@ -31,10 +25,10 @@ def _denied(config) -> str:
 
 def test_tls_etcd_with_client_certificates(processes, tmp_path):
     certs = make_certs(str(tmp_path / "pki"))
-    etcd = processes.add(EtcdProcess(tls=certs).start())
+    etcd = processes.start_etcd(tls=certs)
     assert etcd.client_url.startswith("https://")
     flags = ["--etcd-ca", certs.ca, "--etcd-cert", certs.client_cert, "--etcd-key", certs.client_key]
-    a = _node(processes, etcd.client_url, *flags)
+    a = processes.start_node("tests.services", etcd.client_url, extra_args=flags)
     config = framework.EtcdConfig(etcd.client_url, ca=certs.ca, cert=certs.client_cert,
                                   key=certs.client_key)
     client = processes.add(framework.Client(etcd=config, timeout=5))
@@ -42,7 +36,7 @@ def test_tls_etcd_with_client_certificates(processes, tmp_path):
     assert client.HelloService.Hello("tls") == "hello:tls"
 
     # the watch runs over TLS too: a join and a SIGTERM (lease revoked over TLS) are both seen
-    b = _node(processes, etcd.client_url, *flags)
+    b = processes.start_node("tests.services", etcd.client_url, extra_args=flags)
     t0 = time.monotonic()
     wait_until(lambda: set(client.nodes("HelloService")) == {a.address, b.address}, timeout=10,
                message="join seen through the TLS watch")
@@ -71,10 +65,11 @@ def _enable_auth(etcd: EtcdProcess) -> None:
 
 
 def test_password_auth_and_reauthentication_after_etcd_restart(processes):
-    etcd = processes.add(EtcdProcess().start())
+    etcd = processes.start_etcd()
     _enable_auth(etcd)
     # the password comes from the environment (flags show in ps); the user from a flag
-    a = _node(processes, etcd.endpoint, "--etcd-user", "svc", env={"ETCD_PASSWORD": PASSWORD})
+    a = processes.start_node("tests.services", etcd.endpoint, extra_args=["--etcd-user", "svc"],
+                             env={"ETCD_PASSWORD": PASSWORD})
     config = framework.EtcdConfig(etcd.endpoint, username="svc", password=PASSWORD)
     assert "svc" in repr(config) and PASSWORD not in repr(config)
     client = processes.add(framework.Client(etcd=config, timeout=5))
@@ -92,7 +87,8 @@ def test_password_auth_and_reauthentication_after_etcd_restart(processes):
     # themselves, and the node's lease must keep being renewed (its key outlives several TTLs)
     etcd.restart()
     restarted = time.monotonic()
-    b = _node(processes, etcd.endpoint, "--etcd-user", "svc", env={"ETCD_PASSWORD": PASSWORD})
+    b = processes.start_node("tests.services", etcd.endpoint, extra_args=["--etcd-user", "svc"],
+                             env={"ETCD_PASSWORD": PASSWORD})
     wait_until(lambda: set(client.nodes("HelloService")) == {a.address, b.address}, timeout=15,
                message="client to re-authenticate and see the new node")
     print(f"auth: re-authenticated and saw a new node {time.monotonic() - restarted:.2f}s "
@@ -116,11 +112,11 @@ def test_tls_and_auth_together_from_environment_variables(processes, tmp_path):
     # with auth on, etcd's JSON gateway refuses client certificates that carry a CommonName, so
     # make_certs issues a CN-less one; the user comes from the password
     certs = make_certs(str(tmp_path / "pki"))
-    etcd = processes.add(EtcdProcess(tls=certs).start())
+    etcd = processes.start_etcd(tls=certs)
     _enable_auth(etcd)
     env = {"ETCD_CA": certs.ca, "ETCD_CERT": certs.client_cert, "ETCD_KEY": certs.client_key,
            "ETCD_USER": "svc", "ETCD_PASSWORD": PASSWORD}
-    node = _node(processes, etcd.client_url, env=env)
+    node = processes.start_node("tests.services", etcd.client_url, env=env)
     config = framework.EtcdConfig.from_env(env, endpoints=etcd.client_url)
     assert (config.ca, config.username, config.tls_enabled) == (certs.ca, "svc", True)
     client = processes.add(framework.Client(etcd=config, timeout=5))

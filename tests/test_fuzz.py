@@ -17,6 +17,7 @@ import framework
 from framework import protocol
 from framework.dispatch import Dispatcher
 from framework.errors import InvalidRequest, ParseError, ProtocolError
+from framework.testing import frame
 
 FUZZ = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -75,14 +76,10 @@ requests = st.fixed_dictionaries(
                                                           "token": values}) | values})
 
 
-def _frames(bodies):
-    return b"".join(struct.pack(">I", len(b)) + b for b in bodies)
-
-
 @FUZZ
 @given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.data())
 def test_any_chunking_of_a_stream_yields_the_same_frames(bodies, data):
-    stream = _frames(bodies)
+    stream = b"".join(frame(body) for body in bodies)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
     reader = protocol.FrameReader(max_frame=300)
     got, last = [], 0

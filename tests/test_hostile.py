@@ -8,7 +8,6 @@ quick: ``--frame-timeout 2 --max-frame 65536 --max-conn-in-flight 4 --max-concur
 import os
 import random
 import socket
-import struct
 import threading
 import time
 
@@ -16,7 +15,7 @@ import msgpack
 import pytest
 
 from framework import protocol
-from framework.testing import NodeProcess, wait_until
+from framework.testing import RawConnection, frame, frame_header, wait_until
 
 FRAME_TIMEOUT = 2.0
 MAX_FRAME = 65536
@@ -26,8 +25,7 @@ LIMITS = ["--frame-timeout", str(FRAME_TIMEOUT), "--max-frame", str(MAX_FRAME),
 
 @pytest.fixture
 def node(processes, etcd):
-    return processes.add(NodeProcess("tests.services", etcd.endpoint, ttl=3,
-                                     extra_args=LIMITS)).start()
+    return processes.start_node("tests.services", etcd.endpoint, ttl=3, extra_args=LIMITS)
 
 
 @pytest.fixture
@@ -47,40 +45,6 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def connect(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    return socket.create_connection((host, int(port)), timeout=5)
-
-
-def read_frames(sock: socket.socket, timeout: float = 3.0, want: int = 1 << 30):
-    """Frames the node sent back, and whether it closed the connection."""
-    reader = protocol.FrameReader(16 * 1024 * 1024)
-    frames, closed = [], False
-    deadline = time.monotonic() + timeout
-    while len(frames) < want and time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            data = sock.recv(65536)
-        except socket.timeout:
-            break
-        except OSError:
-            closed = True
-            break
-        if not data:
-            closed = True
-            break
-        frames += [protocol.unpack_body(b) for b in reader.feed(data)]
-    return frames, closed
-
-
-def request(rid, method, params=(), **extra) -> dict:
-    return {"jsonrpc": "2.0", "id": rid, "method": method, "params": list(params), **extra}
-
-
-def frame_of(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
-
-
 def still_serving(good, node) -> None:
     assert node.alive, node.log()
     assert good.HelloService.Hello("ok") == "hello:ok"
@@ -96,42 +60,42 @@ def test_garbage_broken_frames_and_hostile_msgpack_never_take_the_node_down(node
     cases = {
         # name: (bytes, expected error code or None when the node just closes)
         "random bytes": (bytes(rng.getrandbits(8) for _ in range(65536)), None),
-        "huge declared length": (b"\xff\xff\xff\xff" + b"x" * 100, -32600),
-        "just over max_frame": (struct.pack(">I", MAX_FRAME + 1), -32600),
-        "zero length": (b"\x00\x00\x00\x00", -32600),
-        "not msgpack": (frame_of(b"\xc1\xc1\xc1"), -32700),
+        "huge declared length": (frame_header(0xffffffff) + b"x" * 100, -32600),
+        "just over max_frame": (frame_header(MAX_FRAME + 1), -32600),
+        "zero length": (frame_header(0), -32600),
+        "not msgpack": (frame(b"\xc1\xc1\xc1"), -32700),
         "ext type": (protocol.pack({"x": msgpack.ExtType(5, b"boom")}), -32700),
-        "timestamp ext": (protocol.pack(request(1, "HelloService.Echo",
+        "timestamp ext": (protocol.pack(protocol.request(1, "HelloService.Echo",
                                                 [msgpack.Timestamp(1, 0)])), -32700),
-        "array claims 4G items": (frame_of(b"\x81\xa1a\xdd\xff\xff\xff\xff"), -32700),
-        "str claims 4G bytes": (frame_of(b"\x81\xa1a\xdb\xff\xff\xff\xff"), -32700),
-        "nested 100k deep": (frame_of(b"\x91" * 60000 + b"\x01"), -32700),
-        "invalid utf-8": (frame_of(b"\x81\xa2\xff\xfe\x01"), -32700),
-        "list as map key": (frame_of(b"\x81\x91\x01\x01"), -32700),
+        "array claims 4G items": (frame(b"\x81\xa1a\xdd\xff\xff\xff\xff"), -32700),
+        "str claims 4G bytes": (frame(b"\x81\xa1a\xdb\xff\xff\xff\xff"), -32700),
+        "nested 100k deep": (frame(b"\x91" * 60000 + b"\x01"), -32700),
+        "invalid utf-8": (frame(b"\x81\xa2\xff\xfe\x01"), -32700),
+        "list as map key": (frame(b"\x81\x91\x01\x01"), -32700),
     }
     for name, (payload, code) in cases.items():
-        with connect(node.address) as s:
-            s.sendall(payload)
-            frames, closed = read_frames(s, timeout=FRAME_TIMEOUT + 2)
+        with RawConnection(node.address) as conn:
+            conn.send(payload)
+            frames, closed = conn.read_frames(timeout=FRAME_TIMEOUT + 2)
         assert closed, f"{name}: the node must close the connection"
         if code is not None:
             assert [f["error"]["code"] for f in frames] == [code], (name, frames)
         still_serving(good, node)
 
     # valid msgpack that is no JSON-RPC request: answered, and the connection stays usable
-    with connect(node.address) as s:
+    with RawConnection(node.address) as conn:
         for i, bad in enumerate([[1, 2], 7, {"jsonrpc": "1.0", "id": 1, "method": "x"},
                                  {"jsonrpc": "2.0", "id": [1], "method": "x"},
                                  {"jsonrpc": "2.0", "id": 2, "method": 5},
                                  {"jsonrpc": "2.0", "id": 3, "method": "HelloService.Hello",
                                   "params": "x"},
-                                 request(4, "HelloService.Hello", params=[1, 2, 3]),
-                                 request(5, "HelloService.Echo", [NESTED]),
+                                 protocol.request(4, "HelloService.Hello", [1, 2, 3]),
+                                 protocol.request(5, "HelloService.Echo", [NESTED]),
                                  {"jsonrpc": "2.0", "id": 6, "method": "HelloService.Hello",
                                   "params": {1: "x"}}]):
-            s.sendall(protocol.pack(bad))
-        s.sendall(protocol.pack(request(99, "HelloService.Hello", ["after"])))
-        frames, closed = read_frames(s, want=10)
+            conn.send(bad)
+        conn.send(protocol.request(99, "HelloService.Hello", ["after"]))
+        frames, closed = conn.read_frames(want=10)
     assert not closed
     by_id = {f.get("id"): f for f in frames}
     assert by_id[99]["result"] == "hello:after"
@@ -142,12 +106,12 @@ def test_garbage_broken_frames_and_hostile_msgpack_never_take_the_node_down(node
 
     # a 900-deep argument decodes (msgpack's decoder stops at 1024) and its echo is answered
     # (encoded, or an encoding error), and the connection stays usable
-    template = msgpack.packb(request(1, "HelloService.Echo", [0]))
+    template = msgpack.packb(protocol.request(1, "HelloService.Echo", [0]))
     assert template.endswith(b"\xa6params\x91\x00")
     body = template[:-1] + b"\x91" * 900 + b"\x01"
-    with connect(node.address) as s:
-        s.sendall(frame_of(body) + protocol.pack(request(2, "HelloService.Hello", ["deep"])))
-        frames, closed = read_frames(s, want=2)
+    with RawConnection(node.address) as conn:
+        conn.send(frame(body), protocol.request(2, "HelloService.Hello", ["deep"]))
+        frames, closed = conn.read_frames(want=2)
     by_id = {f["id"]: f for f in frames}
     assert "result" in by_id[1] or by_id[1]["error"]["code"] == -32603
     assert by_id[2]["result"] == "hello:deep" and not closed
@@ -166,21 +130,20 @@ def test_hostile_http_on_the_same_port(node, good):
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffff\r\nx",
                 b"GET",     # a prefix of a method, then silence
                 b"PUT / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(5000)]
-    answers, socks = [], []
+    answers, conns = [], []
     for payload in payloads:   # all at once: two of them wait for frame_timeout
-        s = connect(node.address)
-        socks.append(s)
+        conn = RawConnection(node.address)
+        conns.append(conn)
         try:
-            s.sendall(payload)
+            conn.send(payload)
         except OSError:
             pass        # the node may close while we still send: that is a fine answer
-    for s in socks:
-        s.settimeout(FRAME_TIMEOUT + 3)
+    for conn in conns:
         try:
-            answers.append(s.recv(200).split(b"\r\n")[0])
+            answers.append(conn.recv(200, timeout=FRAME_TIMEOUT + 3).split(b"\r\n")[0])
         except OSError as exc:
             answers.append(repr(exc).encode())
-        s.close()
+        conn.close()
         still_serving(good, node)
     print(f"\nhostile HTTP: first lines {answers}; node RSS grew {rss_kb(node.pid) - base} kB")
     assert rss_kb(node.pid) - base < 30 * 1024
@@ -194,9 +157,9 @@ def test_method_names_never_reach_private_or_dunder_attributes(node, good):
              "HelloService.Hello.__self__", "HelloService..Hello", "HelloService.Hello ",
              "helloservice.hello", "Ledger.Charge.__globals__", "GreeterService.Greet.__func__",
              "HelloService.__getattribute__", "HelloService.__subclasshook__", ""]
-    with connect(node.address) as s:
-        s.sendall(b"".join(protocol.pack(request(i, name, ["x"])) for i, name in enumerate(names)))
-        frames, closed = read_frames(s, want=len(names))
+    with RawConnection(node.address) as conn:
+        conn.send(*(protocol.request(i, name, ["x"]) for i, name in enumerate(names)))
+        frames, closed = conn.read_frames(want=len(names))
     assert not closed and len(frames) == len(names)
     assert {f["error"]["code"] for f in frames} == {-32601}, frames
     assert all("result" not in f for f in frames)
@@ -206,16 +169,16 @@ def test_method_names_never_reach_private_or_dunder_attributes(node, good):
 def test_flood_of_idle_and_half_open_connections(node, good):
     still_serving(good, node)
     base_rss, base_fds = rss_kb(node.pid), open_fds(node.pid)
-    socks = []
+    conns = []
     started = time.monotonic()
     for i in range(600):
-        s = connect(node.address)
+        conn = RawConnection(node.address)
         if i % 3 == 1:        # half-open: a header and part of the body, then silence
-            s.sendall(struct.pack(">I", MAX_FRAME) + b"\x00" * (MAX_FRAME - 100))
+            conn.send(frame_header(MAX_FRAME) + b"\x00" * (MAX_FRAME - 100))
         elif i % 3 == 2:      # half-closed after a partial frame
-            s.sendall(struct.pack(">I", 50) + b"\x80" * 10)
-            s.shutdown(socket.SHUT_WR)
-        socks.append(s)       # i % 3 == 0: idle, not a byte sent
+            conn.send(frame_header(50) + b"\x80" * 10)
+            conn.shutdown_write()
+        conns.append(conn)    # i % 3 == 0: idle, not a byte sent
     flooded = time.monotonic() - started
     peak_rss = rss_kb(node.pid)
     # a good client is served while the flood is in place
@@ -227,8 +190,8 @@ def test_flood_of_idle_and_half_open_connections(node, good):
     wait_until(lambda: open_fds(node.pid) <= base_fds + 5, timeout=FRAME_TIMEOUT + 10,
                message="the node to close idle and half-open connections")
     cleared = time.monotonic() - started
-    for s in socks:
-        s.close()
+    for conn in conns:
+        conn.close()
     still_serving(good, node)
     growth_mb = (peak_rss - base_rss) / 1024
     print(f"\nflood: 600 connections (200 idle, 200 with {MAX_FRAME - 100}-byte partial frames, "
@@ -240,13 +203,13 @@ def test_flood_of_idle_and_half_open_connections(node, good):
 
 
 def test_slow_sender_is_served_until_frame_timeout_then_cut(node, good):
-    payload = protocol.pack(request(1, "HelloService.Hello", ["slow"]))
+    payload = protocol.pack(protocol.request(1, "HelloService.Hello", ["slow"]))
     # slow but within frame_timeout: answered
-    with connect(node.address) as s:
+    with RawConnection(node.address) as conn:
         for byte in payload:
-            s.sendall(bytes([byte]))
+            conn.send(bytes([byte]))
             time.sleep(0.01)   # the sender's pace (the scenario), not a wait for a condition
-        frames, _ = read_frames(s, want=1)
+        frames, _ = conn.read_frames(want=1)
     assert frames[0]["result"] == "hello:slow"
 
     # slower than frame_timeout for one frame: the node cuts it, meanwhile serves others
@@ -254,16 +217,15 @@ def test_slow_sender_is_served_until_frame_timeout_then_cut(node, good):
     cut = []
 
     def trickle():
-        with connect(node.address) as s:
+        with RawConnection(node.address) as conn:
             began = time.monotonic()
             for byte in payload:
                 if stop.is_set():
                     return
                 try:
-                    s.sendall(bytes([byte]))
+                    conn.send(bytes([byte]))
                     time.sleep(0.25)
-                    s.settimeout(0.001)
-                    if s.recv(1) == b"":
+                    if conn.recv(1, timeout=0.001) == b"":
                         cut.append(time.monotonic() - began)
                         return
                 except socket.timeout:
@@ -290,22 +252,18 @@ def test_slow_sender_is_served_until_frame_timeout_then_cut(node, good):
 def test_slow_reader_cannot_make_the_node_buffer_without_bound(node, good):
     base = rss_kb(node.pid)
     blob = "x" * 60000
-    one = protocol.pack(request(1, "HelloService.Echo", [blob]))
-    host, _, port = node.address.rpartition(":")
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # before connect: a small window
-    s.connect((host, int(port)))
-    s.settimeout(0.5)
+    one = protocol.pack(protocol.request(1, "HelloService.Echo", [blob]))
+    conn = RawConnection(node.address, timeout=0.5, rcvbuf=4096)   # a small window
     sent = 0
     try:   # pipeline requests and never read: the node must stop reading us at some point
         while sent < 3000:
-            s.sendall(one)
+            conn.send(one)
             sent += 1
     except socket.timeout:
         pass
     peak = rss_kb(node.pid)
     still_serving(good, node)
-    s.close()
+    conn.close()
     grown_mb = (peak - base) / 1024
     print(f"\nslow reader: the node stopped reading after {sent} x 60 kB requests "
           f"({sent * 60 / 1024:.1f} MB offered, 180 MB attempted); node RSS +{grown_mb:.1f} MB")
@@ -315,30 +273,28 @@ def test_slow_reader_cannot_make_the_node_buffer_without_bound(node, good):
 
 def test_per_connection_and_per_node_in_flight_limits_give_backpressure(node, good):
     # one connection pipelines 16 calls of 0.3 s: at most 4 run at once on it -> >= 4 waves
-    with connect(node.address) as s:
+    with RawConnection(node.address) as conn:
         t0 = time.monotonic()
-        s.sendall(b"".join(protocol.pack(request(i, "HelloService.Sleep", [0.3]))
-                           for i in range(16)))
+        conn.send(*(protocol.request(i, "HelloService.Sleep", [0.3]) for i in range(16)))
         # meanwhile the node still has room for others (8 - 4 slots)
         t1 = time.monotonic()
         assert good.HelloService.Hello("room") == "hello:room"
         other_ms = (time.monotonic() - t1) * 1000
-        frames, _ = read_frames(s, timeout=10, want=16)
+        frames, _ = conn.read_frames(timeout=10, want=16)
         one_conn = time.monotonic() - t0
     assert len(frames) == 16 and all("result" in f for f in frames)
     assert one_conn >= 4 * 0.3 - 0.05
     assert other_ms < 250
 
     # three connections x 8 calls: the node runs at most 8 at once -> >= 3 waves
-    socks = [connect(node.address) for _ in range(3)]
+    conns = [RawConnection(node.address) for _ in range(3)]
     t0 = time.monotonic()
-    for s in socks:
-        s.sendall(b"".join(protocol.pack(request(i, "HelloService.Sleep", [0.3]))
-                           for i in range(8)))
-    answered = sum(len(read_frames(s, timeout=10, want=8)[0]) for s in socks)
+    for conn in conns:
+        conn.send(*(protocol.request(i, "HelloService.Sleep", [0.3]) for i in range(8)))
+    answered = sum(len(conn.read_frames(timeout=10, want=8)[0]) for conn in conns)
     all_conns = time.monotonic() - t0
-    for s in socks:
-        s.close()
+    for conn in conns:
+        conn.close()
     print(f"\nbackpressure: 16 x 0.3 s calls on one connection took {one_conn:.2f}s (cap 4); "
           f"another client's call meanwhile {other_ms:.1f} ms; 24 calls on 3 connections "
           f"took {all_conns:.2f}s (node cap 8)")

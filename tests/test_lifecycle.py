@@ -1,48 +1,18 @@
 """Issue 4 (lead part): rolling deploys lose no call; a hung node is routed around; deadlines travel."""
 import threading
 import time
-import urllib.request
 
 import pytest
 
 import framework
-from framework.testing import wait_until
-
-
-class Load:
-    """``callers`` threads calling ``fn`` until stopped; records (finished_at, seconds, result|error)."""
-
-    def __init__(self, fn, callers=16):
-        self.fn = fn
-        self.stop = threading.Event()
-        self.ok, self.errors = [], []
-        self.threads = [threading.Thread(target=self._run) for _ in range(callers)]
-
-    def _run(self):
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                result = self.fn()
-                self.ok.append((time.monotonic(), time.monotonic() - started, result))
-            except Exception as exc:  # counted and asserted on, not raised
-                self.errors.append((time.monotonic(), time.monotonic() - started, repr(exc)))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(20)
+from framework.testing import Load, sample, scrape_metrics, wait_until
 
 
 def test_rolling_restart_of_every_node_loses_no_non_idempotent_call(serve_node, make_client):
     nodes = [serve_node("tests.services", ttl=10) for _ in range(3)]
     client = make_client(timeout=10)
     wait_until(lambda: len(client.nodes("WorkService")) == 3)
-    with Load(lambda: client.WorkService.Work(2)) as load:
+    with Load(lambda: client.WorkService.Work(2), callers=16) as load:
         wait_until(lambda: len(load.ok) > 200, timeout=20)
         for old in list(nodes):
             new = serve_node("tests.services", ttl=10)          # start the replacement
@@ -64,7 +34,7 @@ def test_a_frozen_node_is_ejected_quickly_and_taken_back_after_sigcont(serve_nod
     client = make_client(timeout=3)
     wait_until(lambda: len(client.nodes("WorkService")) == 3)
     frozen = nodes[0]
-    with Load(lambda: client.WorkService.Read(1)) as load:
+    with Load(lambda: client.WorkService.Read(1), callers=16) as load:
         wait_until(lambda: len(load.ok) > 200, timeout=20)
         frozen.freeze()
         t_freeze = time.monotonic()
@@ -92,7 +62,9 @@ def test_the_callers_deadline_travels_and_a_stale_call_is_skipped(tmp_path, serv
     client = make_client(timeout=5)
     first = threading.Thread(target=lambda: client.WorkService.Work(800))
     first.start()
-    wait_until(lambda: _in_flight(node.address) >= 1, message="the slow call to occupy the node")
+    wait_until(lambda: sample(scrape_metrics(node.address, timeout=5),
+                              "framework_calls_in_flight") >= 1,
+               message="the slow call to occupy the node")
     effects = tmp_path / "charges"
     started = time.monotonic()
     with pytest.raises(framework.Timeout):
@@ -103,9 +75,3 @@ def test_the_callers_deadline_travels_and_a_stale_call_is_skipped(tmp_path, serv
     assert client.WorkService.Work(1) == node.pid
     # ...and the stale one, whose 0.3 s deadline passed while it queued, never ran
     assert not effects.exists()
-
-
-def _in_flight(address):
-    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith("framework_calls_in_flight"))

@@ -7,37 +7,16 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import framework
-from framework.testing import http_request, wait_until
+from framework import protocol
+from framework.testing import (Load, RawConnection, http_request, post_json, sample,
+                               scrape_metrics, wait_until)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def metrics(address) -> dict:
-    """{(sample name, frozenset(labels)): value} from the node's /metrics."""
-    status, headers, body = http_request(address, "GET", "/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    out = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def sample(values, name, **labels):
-    return values.get((name, frozenset(labels.items())))
-
-
-def post(address, obj, headers=None):
-    body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-    status, _, data = http_request(address, "POST", "/", body, headers)
-    return status, (json.loads(data) if data else None)
 
 
 def test_healthz_and_metrics_after_real_calls(serve_node, make_client):
@@ -56,7 +35,7 @@ def test_healthz_and_metrics_after_real_calls(serve_node, make_client):
     assert health["status"] == "serving" and "HelloService" in health["services"]
     assert health["registered"] is True and health["address"] == node.address
 
-    m = metrics(node.address)
+    m = scrape_metrics(node.address)
     base = dict(service="HelloService")
     assert sample(m, "framework_calls_total", method="Hello", outcome="ok", **base) == 3
     assert sample(m, "framework_calls_total", method="Fail", outcome="error", **base) == 1
@@ -76,74 +55,60 @@ def test_healthz_and_metrics_after_real_calls(serve_node, make_client):
 def test_in_flight_gauge_counts_running_calls(serve_node, make_client):
     node = serve_node("tests.services")
     client = make_client(timeout=20)
-    results = []
-    callers = [threading.Thread(target=lambda: results.append(client.HelloService.Sleep(2.0)))
-               for _ in range(3)]
-    for t in callers:
-        t.start()
-    wait_until(lambda: sample(metrics(node.address), "framework_calls_in_flight") == 3,
+    load = Load(lambda: client.HelloService.Sleep(2.0), callers=3, per_caller=1).start()
+    wait_until(lambda: sample(scrape_metrics(node.address), "framework_calls_in_flight") == 3,
                timeout=10, interval=0.05, message="3 calls in flight")
-    for t in callers:
-        t.join(20)
-    assert len(results) == 3
-    assert sample(metrics(node.address), "framework_calls_in_flight") == 0
+    load.join()
+    assert len(load.ok) == 3
+    assert sample(scrape_metrics(node.address), "framework_calls_in_flight") == 0
 
 
 def test_post_json_rpc_to_a_node(serve_node, make_client):
     node = serve_node("tests.services")
     addr = node.address
-    assert post(addr, {"jsonrpc": "2.0", "id": 1, "method": "HelloService.Hello",
-                       "params": ["curl"]}) == (200, {"jsonrpc": "2.0", "id": 1, "result": "hello:curl"})
-    assert post(addr, {"jsonrpc": "2.0", "id": "n", "method": "HelloService.Echo",
-                       "params": {"a": 1}}) == (
+    assert post_json(addr, {"jsonrpc": "2.0", "id": 1, "method": "HelloService.Hello",
+                            "params": ["curl"]}) == (
+        200, {"jsonrpc": "2.0", "id": 1, "result": "hello:curl"})
+    assert post_json(addr, {"jsonrpc": "2.0", "id": "n", "method": "HelloService.Echo",
+                            "params": {"a": 1}}) == (
         200, {"jsonrpc": "2.0", "id": "n", "result": {"args": [], "kwargs": {"a": 1}}})
-    status, answer = post(addr, {"jsonrpc": "2.0", "id": 2, "method": "HelloService.Fail",
-                                 "params": ["bad"]})
+    status, answer = post_json(addr, {"jsonrpc": "2.0", "id": 2, "method": "HelloService.Fail",
+                                      "params": ["bad"]})
     assert status == 200 and answer["error"] == {
         "code": -32000, "message": "bad", "data": {"type": "ValueError", "message": "bad"}}
-    status, answer = post(addr, {"jsonrpc": "2.0", "id": 3, "method": "HelloService._private"})
+    status, answer = post_json(addr, {"jsonrpc": "2.0", "id": 3, "method": "HelloService._private"})
     assert status == 404 and answer["error"]["code"] == -32601
-    assert post(addr, b'{"jsonrpc"')[1]["error"]["code"] == -32700
-    assert post(addr, {"jsonrpc": "2.0", "method": "HelloService.Hello", "params": ["n"]}) == (204, None)
-    status, answer = post(addr, [{"jsonrpc": "2.0", "id": 1, "method": "HelloService.Hello",
-                                  "params": ["b"]}, 5,
-                                 {"jsonrpc": "2.0", "method": "HelloService.Hello", "params": ["x"]}])
+    assert post_json(addr, b'{"jsonrpc"')[1]["error"]["code"] == -32700
+    assert post_json(addr, {"jsonrpc": "2.0", "method": "HelloService.Hello",
+                            "params": ["n"]}) == (204, None)
+    status, answer = post_json(addr, [{"jsonrpc": "2.0", "id": 1, "method": "HelloService.Hello",
+                                       "params": ["b"]}, 5,
+                                      {"jsonrpc": "2.0", "method": "HelloService.Hello",
+                                       "params": ["x"]}])
     assert status == 200 and answer[0]["result"] == "hello:b" and answer[1]["error"]["code"] == -32600
     assert len(answer) == 2
-    status, answer = post(addr, b"x" * (2 * 1024 * 1024))
+    status, answer = post_json(addr, b"x" * (2 * 1024 * 1024))
     assert status == 413
     # the msgpack protocol on the same port is untouched by all of that
     assert make_client().HelloService.Hello("mp") == "hello:mp"
-    m = metrics(addr)
+    m = scrape_metrics(addr)
     assert sample(m, "framework_calls_total", service="HelloService", method="Hello",
                   outcome="ok") == 5   # 1 call + 1 notification, 2 in the batch, 1 msgpack
 
 
 def test_sniffing_waits_for_split_first_bytes_and_leaves_garbage_to_msgpack(serve_node, make_client):
     node = serve_node("tests.services")
-    host, _, port = node.address.rpartition(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(b"GE")
+    with RawConnection(node.address, timeout=10) as conn:
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.send(b"GE")
         time.sleep(0.05)   # pacing, not a condition: the two writes must arrive as two segments
-        sock.sendall(b"T /healthz HTTP/1.0\r\n\r\n")
-        reply = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    finally:
-        sock.close()
+        conn.send(b"T /healthz HTTP/1.0\r\n\r\n")
+        reply = conn.read_all()
     assert reply.startswith(b"HTTP/1.1 200") and b'"status":"serving"' in reply
     # bytes that are neither HTTP nor a sane frame: the msgpack side refuses them, the node lives on
-    garbage = socket.create_connection((host, int(port)), timeout=10)
-    try:
-        garbage.sendall(b"\xff\xff\xff\xffnot a frame")
-        assert garbage.recv(65536) != b"HTTP"  # an error frame, or a close
-    finally:
-        garbage.close()
+    with RawConnection(node.address, timeout=10) as garbage:
+        garbage.send(b"\xff\xff\xff\xffnot a frame")
+        assert garbage.recv() != b"HTTP"  # an error frame, or a close
     assert http_request(node.address, "GET", "/healthz")[0] == 200
     assert make_client().HelloService.Hello("still") == "hello:still"
 
@@ -157,7 +122,7 @@ def test_healthz_is_503_while_draining_then_the_node_exits_0(serve_node, make_cl
                message="/healthz 503 during the grace window")
     status, _, body = http_request(node.address, "GET", "/healthz")
     assert json.loads(body)["status"] == "draining"
-    assert sample(metrics(node.address), "framework_draining") == 1
+    assert sample(scrape_metrics(node.address), "framework_draining") == 1
     # deregistered first: callers stop choosing it while it still answers
     wait_until(lambda: client.nodes("HelloService") == [], timeout=5, message="deregistered")
     assert node.wait(timeout=30) == 0
@@ -173,9 +138,9 @@ def test_lease_regrant_shows_in_metrics(serve_node, make_client):
                    message="lease expiry while frozen")
     finally:
         node.thaw()
-    wait_until(lambda: sample(metrics(node.address), "framework_registration_grants_total") == 2,
-               timeout=15, interval=0.05, message="a second lease granted")
-    m = metrics(node.address)
+    wait_until(lambda: sample(scrape_metrics(node.address),
+                              "framework_registration_grants_total") == 2, timeout=15, interval=0.05, message="a second lease granted")
+    m = scrape_metrics(node.address)
     assert sample(m, "framework_registered") == 1
     wait_until(lambda: client.nodes("HelloService") == [node.address], timeout=10,
                message="registered again")
@@ -197,22 +162,19 @@ def test_a_lone_call_that_blocks_does_not_stop_its_connection(serve_node):
     # A lone request runs in the connection's reader greenlet (no hand-off to a worker). When it
     # blocks, another greenlet must take over reading: pings and new calls on the same connection
     # are answered while it sleeps.
-    from framework import protocol
     node = serve_node("tests.services")
-    host, port = node.address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(protocol.pack(protocol.request(1, "HelloService.Sleep", [1.5])))
-        wait_until(lambda: sample(metrics(node.address), "framework_calls_in_flight") == 1,
+    with RawConnection(node.address, timeout=10) as conn:
+        conn.send(protocol.request(1, "HelloService.Sleep", [1.5]))
+        wait_until(lambda: sample(scrape_metrics(node.address), "framework_calls_in_flight") == 1,
                    timeout=5, interval=0.02, message="the Sleep call running")
         t0 = time.monotonic()
-        sock.sendall(protocol.pack({"jsonrpc": "2.0", "id": 0, "method": protocol.PING})
-                     + protocol.pack(protocol.request(2, "HelloService.Hello", ["x"])))
-        reader, answers = protocol.FrameReader(), {}
+        conn.send({"jsonrpc": "2.0", "id": 0, "method": protocol.PING},
+                  protocol.request(2, "HelloService.Hello", ["x"]))
+        answers = {}
         while len(answers) < 3:
-            data = sock.recv(65536)
-            assert data, f"connection closed after {sorted(answers)}"
-            for body in reader.feed(data):
-                msg = protocol.unpack_body(body)
+            frames, closed = conn.read_frames(timeout=10, want=1)
+            assert frames, f"connection {'closed' if closed else 'silent'} after {sorted(answers)}"
+            for msg in frames:
                 answers[msg["id"]] = (msg.get("result"), time.monotonic() - t0)
     print(f"\nwhile a lone call slept: pong after {answers[0][1] * 1000:.1f} ms, another call "
           f"after {answers[2][1] * 1000:.1f} ms; the sleeper after {answers[1][1]:.2f} s")

@@ -2,10 +2,10 @@
 optional shared-token auth for calls. Both are off by default; here they are on, against real node
 processes, with certificates made in the test.
 """
+import itertools
 import json
 import os
 import ssl
-import threading
 import time
 import urllib.request
 
@@ -15,30 +15,13 @@ from framework import protocol
 from framework.devetcd import make_certs
 from framework.errors import RpcError, Unauthorized
 from framework.etcd import Etcd
+from framework.testing import Load, RawConnection
 from framework.tls import client_tls_context
 
 
 @pytest.fixture
 def certs(tmp_path):
     return make_certs(str(tmp_path / "pki"))
-
-
-def _raw_call(address: str, obj: dict, timeout: float = 3.0):
-    """One request over plain TCP; returns (frames, closed)."""
-    import socket
-    host, _, port = address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
-        s.sendall(protocol.pack(obj))
-        reader, frames = protocol.FrameReader(), []
-        try:
-            while not frames:
-                data = s.recv(65536)
-                if not data:
-                    return frames, True
-                frames += [protocol.unpack_body(b) for b in reader.feed(data)]
-        except OSError:
-            return frames, True
-        return frames, False
 
 
 def test_tls_rpc_port_verified_by_clients(certs, etcd, serve_node, make_client):
@@ -54,32 +37,26 @@ def test_tls_rpc_port_verified_by_clients(certs, etcd, serve_node, make_client):
 
     # 16 threads share the one TLS connection: one thread reads while the others write, with
     # records of up to 63 KB in both directions, so reads and writes overlap inside OpenSSL
-    errors, done = [], []
-    t0 = time.monotonic()
-    end = t0 + 3.0
+    numbers = itertools.count(1)
 
-    def caller(i):
-        j = 0
-        while time.monotonic() < end:
-            j += 1
-            payload = f"{i}-{j}-" + "x" * (1000 * (j % 64))
-            try:
-                assert client.HelloService.Echo(payload) == {"args": [payload], "kwargs": {}}
-                done.append(len(payload))
-            except Exception as exc:  # counted: asserted below
-                errors.append(repr(exc)[:200])
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    def echo():
+        j = next(numbers)
+        payload = f"{j}-" + "x" * (1000 * (j % 64))
+        assert client.HelloService.Echo(payload) == {"args": [payload], "kwargs": {}}
+        return len(payload)
+
+    t0 = time.monotonic()
+    load = Load(echo, callers=16, join_timeout=60).run(3.0)
+    done = load.values()
     print(f"\nTLS RPC: {len(done)} calls ({sum(done) / 1e6:.0f} MB each way) by 16 threads in "
-          f"{time.monotonic() - t0:.2f}s, {len(errors)} failed")
-    assert errors == [] and len(done) > 16 * 20
+          f"{time.monotonic() - t0:.2f}s, {len(load.errors)} failed")
+    assert load.errors == [] and len(done) > 16 * 20
 
     # no plaintext is answered on a TLS port
-    frames, closed = _raw_call(node.address, protocol.request(1, "HelloService.Hello", ["x"]))
-    assert frames == [] and closed
+    with RawConnection(node.address, timeout=3) as conn:
+        conn.send(protocol.request(1, "HelloService.Hello", ["x"]))
+        frames, _ = conn.read_frames(timeout=3, want=1)
+    assert frames == []   # closed, or silent until the timeout: either way no answer
     # a client that does not trust the node's CA never sends the call
     other = make_certs(os.path.join(os.path.dirname(certs.ca), "other"))
     distrustful = make_client(tls=other.ca, timeout=1.5)
@@ -113,7 +90,9 @@ def test_shared_token_auth(tmp_path, serve_node, make_client):
     with pytest.raises(Unauthorized):
         make_client(token="wrong", timeout=3).Ledger.Charge(ledger)
     assert not os.path.exists(ledger), "an unauthorized call must not run"
-    frames, closed = _raw_call(node.address, protocol.request(7, "Ledger.Charge", [ledger]))
+    with RawConnection(node.address, timeout=3) as conn:
+        conn.send(protocol.request(7, "Ledger.Charge", [ledger]))
+        frames, _ = conn.read_frames(timeout=3, want=1)
     assert frames[0]["error"]["code"] == -32004 and not os.path.exists(ledger)
     client = make_client(token="t0ken", timeout=5)
     assert client.Ledger.Charge(ledger) == node.pid

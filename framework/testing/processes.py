@@ -1,25 +1,11 @@
-"""Test helpers and a pytest plugin: a real etcd, real served nodes, clients - always torn down.
+"""Real processes for tests: a served node, a gateway, and the group that kills them all.
 
-Enable it in your own suite with ``pytest_plugins = ["framework.testing"]`` in ``conftest.py``.
-Fixtures:
-
-* ``etcd`` - a fresh single-member etcd (:class:`framework.devetcd.EtcdProcess`) on random loopback
-  ports with a temp data dir; ``etcd.endpoint`` is ``"127.0.0.1:<port>"``. It fails loudly when no
-  etcd binary is installed; it never skips.
-* ``serve_node`` - ``serve_node("pkg.module", etcd=..., ttl=3)`` starts ``python -m framework serve``
-  in its own process session and returns a :class:`NodeProcess` once it listens.
-* ``serve_gateway`` - ``serve_gateway("--timeout", "2")`` starts ``python -m framework gateway`` on
-  the same etcd and returns a :class:`GatewayProcess` (``.address``, ``.post(obj)``, ``.request``).
-* ``make_client`` - ``make_client(etcd.endpoint, timeout=5)`` builds a :class:`framework.Client`.
-* ``processes`` - the :class:`ProcessGroup` that kills every started process at teardown, also when
-  the test fails or pytest is interrupted or sent SIGTERM.
-
-:func:`wait_until` polls a condition with a deadline (never sleep for a condition);
-:func:`http_request` makes one HTTP request to a node or gateway.
+:class:`NodeProcess` runs ``python -m framework serve`` and :class:`GatewayProcess` runs
+``python -m framework gateway``, each in its own session with its log in a temp file;
+:class:`ProcessGroup` owns whatever a test started (etcd included) and closes it all.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -28,42 +14,13 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-from .devetcd import EtcdProcess, cluster, find_binary
-
-__all__ = ["EtcdProcess", "NodeProcess", "GatewayProcess", "ProcessGroup", "wait_until",
-           "http_request", "cluster", "find_binary"]
+from ..devetcd import EtcdProcess
+from .wire import http_request, post_json
 
 _READY = re.compile(r"^serving (\S+) on (\S+):(\d+) advertised as (\S+)")
 _GATEWAY_READY = re.compile(r"^gateway listening on (\S+):(\d+)")
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.005,
-               message: str = "condition") -> object:
-    """Poll ``predicate`` until it returns something truthy; raise AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
-
-
-def http_request(address: str, method: str, path: str, body=None, headers=None,
-                 timeout: float = 20.0):
-    """One plain HTTP request to ``"host:port"``; returns ``(status, headers, body bytes)``."""
-    import http.client
-    host, _, port = address.rpartition(":")
-    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
 
 
 class NodeProcess:
@@ -188,10 +145,8 @@ class GatewayProcess:
         return http_request(self.address, method, path, body, headers, timeout)
 
     def post(self, body, **kw):
-        if not isinstance(body, (bytes, str)):
-            body = json.dumps(body)
-        status, headers, data = self.request("POST", "/", body, **kw)
-        return status, (json.loads(data) if data else None)
+        """:func:`post_json` to this gateway."""
+        return post_json(self.address, body, **kw)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -204,7 +159,11 @@ class GatewayProcess:
 
 
 class ProcessGroup:
-    """Everything a test started; ``close()`` kills it all (idempotent)."""
+    """Everything a test started; ``close()`` kills it all (idempotent).
+
+    ``add(item)`` takes anything with a ``close()``; the ``start_*`` methods add a process before
+    starting it, so one that fails half-way through its start is cleaned up too.
+    """
 
     def __init__(self):
         self.items: list = []
@@ -213,6 +172,20 @@ class ProcessGroup:
         self.items.append(item)
         return item
 
+    def start_etcd(self, **kw) -> EtcdProcess:
+        """A fresh :class:`EtcdProcess` (``EtcdProcess(**kw)``, e.g. ``tls=certs``), started."""
+        return self.add(EtcdProcess(**kw)).start()
+
+    def start_node(self, module: str, etcd: Optional[str], ttl: int = 3, **kw) -> NodeProcess:
+        """``python -m framework serve module`` registered in ``etcd`` (endpoints, comma-separated,
+        or a URL), returned once it listens. ``kw`` go to :class:`NodeProcess` (``extra_args``,
+        ``env``, ``host``, ``prefix``, ``cwd``); ``ttl`` defaults to a test's quick 3 s."""
+        return self.add(NodeProcess(module, etcd, ttl=ttl, **kw)).start()
+
+    def start_gateway(self, etcd: str, *args: str) -> GatewayProcess:
+        """``python -m framework gateway --etcd etcd *args``, returned once it listens."""
+        return self.add(GatewayProcess(etcd, *args)).start()
+
     def close(self) -> None:
         while self.items:
             item = self.items.pop()
@@ -220,68 +193,3 @@ class ProcessGroup:
                 item.close()
             except Exception:
                 pass
-
-
-# ---- pytest plugin ------------------------------------------------------------------------------
-
-try:
-    import pytest
-except ImportError:  # the helpers above work without pytest
-    pytest = None
-
-if pytest is not None:
-    _all_groups: List[ProcessGroup] = []
-
-    def pytest_configure(config):
-        # pytest does not turn SIGTERM into a clean exit; make it run teardown so no process leaks.
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGTERM)
-
-            def on_term(signum, frame):
-                for group in list(_all_groups):
-                    group.close()
-                if callable(previous):
-                    previous(signum, frame)
-                raise SystemExit(143)
-
-            signal.signal(signal.SIGTERM, on_term)
-
-    @pytest.fixture
-    def processes():
-        group = ProcessGroup()
-        _all_groups.append(group)
-        try:
-            yield group
-        finally:
-            group.close()
-            _all_groups.remove(group)
-
-    @pytest.fixture
-    def etcd(processes):
-        """A fresh single-member etcd on random loopback ports."""
-        return processes.add(EtcdProcess().start())
-
-    @pytest.fixture
-    def serve_node(processes, etcd):
-        """``serve_node(module, etcd=None, ttl=3, **kw)``: start a node (default etcd: the fixture's)."""
-        def start(module: str, etcd_endpoint: Optional[str] = None, ttl: int = 3, **kw) -> NodeProcess:
-            node = NodeProcess(module, etcd_endpoint or etcd.endpoint, ttl=ttl, **kw)
-            processes.add(node)
-            return node.start()
-        return start
-
-    @pytest.fixture
-    def serve_gateway(processes, etcd):
-        """``serve_gateway(*args)``: ``python -m framework gateway`` on the fixture's etcd."""
-        def start(*args: str, etcd_endpoint: Optional[str] = None) -> GatewayProcess:
-            return processes.add(GatewayProcess(etcd_endpoint or etcd.endpoint, *args)).start()
-        return start
-
-    @pytest.fixture
-    def make_client(processes, etcd):
-        """``make_client(endpoint=None, **kw)``: a framework.Client closed at teardown."""
-        from .client import Client
-
-        def build(endpoint=None, **kw) -> Client:
-            return processes.add(Client(etcd=endpoint or etcd.endpoint, **kw))
-        return build
