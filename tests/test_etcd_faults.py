@@ -44,7 +44,7 @@ def test_etcd_down_calls_go_on_dead_node_routed_around_registrations_come_back(
         assert load.by_result.get(c.pid, 0) > 0
         c.kill()                         # a node dies while nobody can tell etcd
         killed = time.monotonic()
-        wait_until(lambda: not client.pool.usable(c.address, time.monotonic()), timeout=5,
+        wait_until(lambda: not client.health.usable(c.address, time.monotonic()), timeout=5,
                    message="the dead node to be ejected")
         detected = time.monotonic() - killed
         last = load.by_result.get(c.pid, 0)
