@@ -25,11 +25,8 @@ import time
 import urllib.request
 from typing import List, NamedTuple, Optional
 
+from .errors import EtcdNotFound
 from .tls import client_tls_context
-
-
-class EtcdNotFound(RuntimeError):
-    pass
 
 
 def find_binary(name: str = "etcd") -> str:

