@@ -15,6 +15,8 @@ their answers are written back as they complete (out of order), coalesced:
 * **Coalesced writes.** The first answer of a burst waits one loop turn while calls are queued,
   so their answers share a write; once ``write_part`` answers are queued they go out at once, so the
   caller decodes them on another core while the node computes the rest.
+* **Bounded writes.** A peer that takes no byte of its answers for ``write_timeout`` seconds is cut
+  off: its calls give back their slots and no greenlet stays blocked on it.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import gevent.lock
 
 from . import protocol
 from .errors import GoingAway, InternalError, ParseError, ProtocolError
-from .transport import send_all
+from .writing import send_within, sender
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class AcceptedConnection:
 
     __slots__ = ("node", "sock", "peer", "out", "out_bytes", "flushing", "drained", "in_flight",
                  "closed", "idle", "slots", "queued", "write_lock", "frames", "frame_began",
-                 "reader", "inline", "finished", "part")
+                 "reader", "inline", "finished", "part", "send_nowait")
 
     def __init__(self, node: Any, sock: socket.socket, peer: Any):
         self.node = node
@@ -63,6 +65,7 @@ class AcceptedConnection:
         self.reader: Any = None          # the greenlet reading this connection now
         self.inline: Any = None          # the reader while it runs a call itself
         self.finished = gevent.event.Event()   # set once the last reader closed the connection
+        self.send_nowait = sender(sock)
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -192,7 +195,8 @@ class AcceptedConnection:
     def _reject(self, exc: BaseException) -> None:
         log.warning("closing connection from %s: %s", self.peer[0], exc)
         try:
-            self.sock.sendall(protocol.pack(protocol.error_response(None, exc)))
+            send_within(self.sock, protocol.pack(protocol.error_response(None, exc)),
+                        self.node.write_timeout, self.send_nowait)
         except OSError:
             pass
 
@@ -235,12 +239,24 @@ class AcceptedConnection:
         chunk = b"".join(out) if len(out) > 1 else out[0]
         out.clear()
         try:
-            send_all(self.sock, chunk)
-        except OSError:
-            self.closed = True
+            n = self.send_nowait(chunk)
+            if n < len(chunk):   # the peer's window is full: wait, but only while it reads
+                send_within(self.sock, memoryview(chunk)[n:], self.node.write_timeout,
+                            self.send_nowait)
+        except OSError as exc:
+            self._cut(exc)
             return
         self.out_bytes -= len(chunk)
         self.drained.set()
+
+    def _cut(self, exc: OSError) -> None:
+        """A write failed or the peer stopped reading: end the connection, so its reader finishes,
+        its calls' answers are dropped and their slots come free."""
+        if isinstance(exc, socket.timeout):
+            log.info("closing connection from %s: it read nothing for %ss", self.peer[0],
+                     self.node.write_timeout)
+        self.shutdown()
+        self.drained.set()   # wakes calls waiting in throttle()
 
     def throttle(self, limit: int) -> None:
         """Wait while more than ``limit`` bytes are queued for a peer that does not read: the call

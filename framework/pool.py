@@ -16,7 +16,8 @@ class Pool:
     """Connections keyed by node address. Thread/greenlet safe."""
 
     def __init__(self, connect_timeout: float = 1.0, max_frame: int = protocol.MAX_FRAME,
-                 stall_after: float = 0.5, tls: Union[None, str, ssl.SSLContext] = None):
+                 stall_after: float = 0.5, tls: Union[None, str, ssl.SSLContext] = None,
+                 write_stall: float = 5.0):
         self.connect_timeout = connect_timeout
         #: client-side TLS for the RPC port: a context, or the path of the CA bundle to verify with
         self.tls = client_tls_context(tls) if isinstance(tls, str) else tls
@@ -24,6 +25,9 @@ class Pool:
         #: as stalled (frozen/blackholed); 0 disables the check
         self.stall_after = stall_after
         self.max_frame = max_frame
+        #: seconds a node may take no byte of a pending write before its connection is given up
+        #: (callers never wait for writes: their deadlines bound them)
+        self.write_stall = write_stall
         self._conns: Dict[str, Connection] = {}
         self._locks: Dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -42,7 +46,7 @@ class Pool:
             if self.closed:
                 raise NotSent("client is closed")
             conn = Connection.open(address, min(timeout, self.connect_timeout), self.max_frame,
-                                   self.tls)
+                                   self.tls, self.write_stall)
             self._conns[address] = conn
             return conn
 

@@ -73,6 +73,9 @@ class Server:
     frame_timeout = 30.0
     #: response bytes queued for one connection before its handlers wait for the peer to read
     max_pending_output = 8 * 1024 * 1024
+    #: seconds a peer may read nothing of its pending answers before its connection is cut (a
+    #: client that stops reading cannot pin the node's workers or memory)
+    write_timeout = 10.0
     #: answers per write once a burst is large: sent in parts, so the caller's process works on
     #: the first ones while the node computes the rest (both cores busy, not taking turns)
     write_part = 16
@@ -89,7 +92,7 @@ class Server:
                  etcd_client: Optional[EtcdAPI] = None, tls: Optional[ssl.SSLContext] = None,
                  client_tls: Optional[ssl.SSLContext] = None,
                  max_conn_in_flight: Optional[int] = None, max_connections: Optional[int] = None,
-                 frame_timeout: Optional[float] = None):
+                 frame_timeout: Optional[float] = None, write_timeout: Optional[float] = None):
         if not services:
             raise ValueError("Server needs at least one service class")
         self.specs = [spec_of(cls) for cls in services]
@@ -111,6 +114,8 @@ class Server:
             self.max_connections = max_connections
         if frame_timeout is not None:
             self.frame_timeout = frame_timeout
+        if write_timeout is not None:
+            self.write_timeout = write_timeout
         self.etcd: Optional[EtcdAPI] = None
         if etcd is not False:
             self.etcd = etcd_client or EtcdConfig.coerce(etcd).client()

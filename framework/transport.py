@@ -8,6 +8,11 @@ the errors of :mod:`framework.errors` here and nowhere else:
 * broke after the request was written -> :class:`ConnectionLost` (the node may have run it);
 * no answer in time -> :class:`Timeout`.
 
+Any failure of the reader - a broken socket, a frame it cannot parse, an answer it cannot match -
+marks the connection dead and fails every call in flight on it, so it is never used again. Writes
+never hold a caller (:mod:`framework.writing`): a node that stops reading costs its callers no more
+than their deadlines, and after ``write_stall`` seconds without progress the connection is given up.
+
 Like discovery, it uses the process's own ``socket`` and ``threading`` modules, so it works with OS
 threads in a plain program and with greenlets in a gevent-patched one. In a gevent-patched process a
 waiting call costs a ``gevent`` Waiter and nothing else: one sweeper greenlet per connection fails
@@ -16,7 +21,6 @@ plain program each call waits on its own ``threading.Event`` with a timeout.
 """
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 import math
@@ -31,17 +35,9 @@ from gevent.hub import Waiter as _Waiter
 
 from . import protocol
 from .errors import ConnectionLost, NotSent, ProtocolError, RpcError, Timeout, from_error_object
+from .writing import FrameWriter
 
 log = logging.getLogger(__name__)
-
-
-def send_all(sock: socket.socket, data: bytes) -> None:
-    """``sock.sendall(data)`` without gevent's ``getsockopt(SO_SNDBUF)`` per call: one ``send``
-    takes a whole burst whenever the socket buffer has room (the usual case), and ``sendall``
-    finishes what it did not take."""
-    n = sock.send(data)
-    if n < len(data):
-        sock.sendall(memoryview(data)[n:])
 
 
 class _Pending:
@@ -60,7 +56,8 @@ class Connection:
     _sweeper: Any = None
     _pack = staticmethod(protocol.request_packer(one_thread=False))
 
-    def __init__(self, address: str, sock: socket.socket, max_frame: int = protocol.MAX_FRAME):
+    def __init__(self, address: str, sock: socket.socket, max_frame: int = protocol.MAX_FRAME,
+                 write_stall: float = 5.0):
         self.address = address
         self.sock = sock
         self.max_frame = max_frame
@@ -68,10 +65,9 @@ class Connection:
         self.accepting = True       # False after the node said it is going away
         self._ids = itertools.count(1)
         self._pending: Dict[int, _Pending] = {}
-        self._write_lock = threading.Lock()
-        self._out: collections.deque = collections.deque()   # frames waiting for the writer
-        self._flushing = False
-        self._cooperative = _cooperative()
+        # callers never wait on the socket: what it cannot take at once goes to a background writer
+        self._writer = FrameWriter(sock, write_stall, self._fail, name=f"framework-send-{address}")
+        self._send = self._writer.send
         self.last_recv = time.monotonic()
         self._ping_sent = 0.0       # when the outstanding liveness ping was sent (0: none)
         self._stall_after = 0.0
@@ -89,7 +85,7 @@ class Connection:
 
     @classmethod
     def open(cls, address: str, timeout: float, max_frame: int = protocol.MAX_FRAME,
-             tls: Optional[ssl.SSLContext] = None) -> "Connection":
+             tls: Optional[ssl.SSLContext] = None, write_stall: float = 5.0) -> "Connection":
         host, _, port = address.rpartition(":")
         try:
             sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
@@ -100,7 +96,7 @@ class Connection:
             raise NotSent(f"cannot connect to {address}: {exc}") from None
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(address, sock, max_frame)
+        return cls(address, sock, max_frame, write_stall)
 
     @property
     def in_flight(self) -> int:
@@ -118,8 +114,7 @@ class Connection:
             return
         self._ping_sent = now
         try:
-            with self._write_lock:
-                self.sock.sendall(protocol.PING_FRAME)
+            self._send(0, protocol.PING_FRAME)
         except OSError as exc:
             self._fail(exc)
 
@@ -170,11 +165,10 @@ class Connection:
 
     def _send_request(self, rid: int, frame: bytes) -> None:
         try:
-            self._send(frame)
+            self._send(rid, frame)
         except OSError as exc:
-            self._pending.pop(rid, None)
+            # the call's own error (NotSent if its frame was still queued) arrives as its answer
             self._fail(exc)
-            raise ConnectionLost(f"send to {self.address} failed: {exc}") from None
 
     def _call_green(self, rid: int, frame: bytes, timeout: float, deadline: float,
                     stall_after: float, abandon_on_stall: bool) -> Any:
@@ -248,38 +242,6 @@ class Connection:
                 deliver(entry[0].switch, ConnectionLost(
                     f"{self.address} stopped answering (no reply to a ping in {stall:.2f}s)"))
 
-    def _send(self, frame: bytes) -> None:
-        """Queue ``frame``; whoever holds the write lock sends everything queued in one write, so
-        concurrent calls cost one syscall per batch instead of one each."""
-        out = self._out
-        out.append(frame)
-        if self._cooperative:
-            if self._flushing:
-                return  # the greenlet already flushing takes this frame too
-            self._flushing = True
-            try:
-                gevent.sleep(0)  # let every greenlet that is ready now queue its frame first
-                with self._write_lock:
-                    self._drain(out)
-            finally:
-                self._flushing = False
-            return
-        while out and self._write_lock.acquire(False):  # threads: re-check after each release
-            try:
-                self._drain(out)
-            finally:
-                self._write_lock.release()
-
-    def _drain(self, out: collections.deque) -> None:
-        try:
-            while out:
-                n = len(out)
-                send_all(self.sock, out.popleft() if n == 1 else
-                         b"".join([out.popleft() for _ in range(n)]))
-        except OSError:
-            out.clear()  # the connection is dead: their callers get ConnectionLost from _fail
-            raise
-
     def _read_loop(self) -> None:
         reader = protocol.FrameReader(self.max_frame)
         error: Optional[BaseException] = None
@@ -310,28 +272,34 @@ class Connection:
                         self.accepting = False
                 if not self.accepting and not self._pending:
                     break  # retired (node going away or left the registry) and nothing in flight
-        except (OSError, RpcError) as exc:
+        except Exception as exc:  # whatever broke the reader, the connection is never used again
             error = exc
         self._fail(error)
 
     def _fail(self, error: Optional[BaseException]) -> None:
+        """The connection is dead: fail every call in flight - with NotSent when its frame never
+        left this process (safe to re-send anywhere), else ConnectionLost."""
         if self.alive:
             self.alive = False
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-        lost = ConnectionLost(f"connection to {self.address} lost"
-                              + (f": {error}" if error else " (closed by peer)"))
+            for end in (lambda: self.sock.shutdown(socket.SHUT_RDWR), self.sock.close):
+                try:
+                    end()   # shutdown first: it wakes a reader blocked in recv, close may not
+                except OSError:
+                    pass
+        why = f": {error}" if error else " (closed by peer)"
+        lost = ConnectionLost(f"connection to {self.address} lost{why}")
+        unsent = self._writer.take_unsent()
         while self._pending:
             try:
-                _, pending = self._pending.popitem()
+                rid, pending = self._pending.popitem()
             except KeyError:
                 break
+            exc = NotSent(f"connection to {self.address} failed before the call was sent{why}") \
+                if rid in unsent else lost
             if self._hub is not None:
-                self._hub.loop.run_callback(pending[0].switch, lost)
+                self._hub.loop.run_callback(pending[0].switch, exc)
             else:
-                pending.response = lost
+                pending.response = exc
                 pending.event.set()
         if self._sweeper is not None:
             self._kick.set()  # it sees the connection dead and ends
@@ -346,18 +314,7 @@ class Connection:
             self.close()
 
     def close(self) -> None:
-        if self.alive:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._fail(None)
-
-
-def _cooperative() -> bool:
-    """True in a gevent-patched process: there, deferring a write by one turn of the loop batches it."""
-    from gevent import monkey
-    return monkey.is_module_patched("socket")
 
 
 def _green_threads() -> bool:

@@ -63,7 +63,7 @@ def rpc_security_options(args) -> dict:
 def limit_options(args) -> dict:
     """Server keyword arguments for the limits given on the command line (others keep defaults)."""
     names = ("max_concurrency", "max_conn_in_flight", "max_connections", "frame_timeout",
-             "max_frame")
+             "write_timeout", "max_frame")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -120,6 +120,9 @@ def serve_parser(sub) -> None:
     s.add_argument("--frame-timeout", type=float, default=None,
                    help="seconds to finish a TLS handshake, the first bytes or a begun frame "
                    "(default 30)")
+    s.add_argument("--write-timeout", type=float, default=None,
+                   help="seconds a client may read none of its answers before its connection is "
+                   "cut (default 10)")
     s.add_argument("--max-frame", type=int, default=None,
                    help="largest frame body accepted, in bytes (default 8 MiB)")
     s.set_defaults(func=cmd_serve, default_level="info")

@@ -1,0 +1,186 @@
+"""Writing to a socket with a bound: no caller ever waits on a peer that stopped reading.
+
+A write first goes out without waiting (``send_nowait``): the socket takes the whole burst whenever
+its buffer has room, which is the usual case. Only when the buffer is full does anything wait, and
+then with a *stall* bound: a peer that takes no byte for ``stall`` seconds is given up on
+(``send_within`` raises ``socket.timeout``), while one that is merely slow - a thin link, a large
+frame - keeps the connection as long as it makes progress.
+
+:class:`FrameWriter` is the client's side of it. Callers queue ``(request id, frame)`` pairs and
+return at once; the first caller of a burst writes the batch without waiting, and what the socket
+does not take goes to a background writer (a thread, a greenlet in a patched process), so the
+callers go on to wait for their answers with their own deadlines. The ids still queued when the
+connection fails are the calls that were never sent (:meth:`FrameWriter.take_unsent`).
+
+Works with plain sockets and gevent's, TLS or not. One gap: TLS in an unpatched, threaded program
+writes in blocking mode (CPython's SSL sockets cannot skip a wait per call without changing the mode
+the reader thread shares), so there only the callers are bounded, not the background write.
+"""
+from __future__ import annotations
+
+import collections
+import select
+import socket
+import threading
+from typing import Any, Callable, Optional, Set
+
+from gevent import sleep
+from gevent.socket import wait_write
+
+
+def _cooperative() -> bool:
+    """True in a gevent-patched process: there, deferring a write by one turn of the loop batches it."""
+    from gevent import monkey
+    return monkey.is_module_patched("socket")
+
+
+def _tls(sock: Any) -> bool:
+    return getattr(sock, "_sslobj", None) is not None or hasattr(sock, "cipher")
+
+
+def sender(sock: Any) -> Callable[[Any], int]:
+    """``send_nowait(data)`` for ``sock``: the bytes it took without waiting, 0 when its buffer is
+    full. Raises OSError when the connection is broken."""
+    if _cooperative():
+        if not _tls(sock):
+            def green_send(data: Any) -> int:
+                try:
+                    return sock.send(data, 0, 0.0)   # gevent: timeout 0.0 raises instead of waiting
+                except BlockingIOError:
+                    return 0
+            return green_send
+
+        def green_tls_send(data: Any) -> int:
+            # gevent's SSL send waits per the socket's timeout; the loop cannot switch to the reader
+            # between these lines, so lending it 0.0 for one call is safe
+            previous = sock.timeout
+            sock.settimeout(0.0)
+            try:
+                return sock.send(data)
+            except BlockingIOError:
+                return 0
+            finally:
+                sock.settimeout(previous)
+        return green_tls_send
+    if _tls(sock):
+        return sock.send   # blocking: see the module docstring
+
+    def plain_send(data: Any) -> int:
+        try:
+            return sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+    return plain_send
+
+
+def wait_writable(sock: Any, timeout: float) -> bool:
+    """Wait until ``sock`` can take a byte; False when ``timeout`` passed first."""
+    if _cooperative():
+        try:
+            wait_write(sock.fileno(), timeout=timeout)
+        except socket.timeout:
+            return False
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
+def send_within(sock: Any, data: Any, stall: float,
+                send_nowait: Optional[Callable[[Any], int]] = None) -> None:
+    """Write all of ``data``, waiting as long as the peer makes progress; raises ``socket.timeout``
+    when it takes no byte for ``stall`` seconds (the rest is not sent: the stream is broken)."""
+    send_nowait = send_nowait or sender(sock)
+    view = memoryview(data)
+    while view:
+        n = send_nowait(view)
+        if n:
+            view = view[n:]
+        elif not wait_writable(sock, stall):
+            raise socket.timeout(f"the peer took no byte for {stall:.1f}s")
+
+
+class FrameWriter:
+    """A client connection's outgoing frames. ``on_error(exc)`` runs once a write failed; the
+    connection then fails its calls (see :meth:`take_unsent`)."""
+
+    __slots__ = ("sock", "out", "stall", "on_error", "send_nowait", "cooperative", "lock",
+                 "flushing", "backlog", "name")
+
+    def __init__(self, sock: Any, stall: float, on_error: Callable[[BaseException], None],
+                 name: str = "framework-writer"):
+        self.sock = sock
+        self.out: collections.deque = collections.deque()   # (rid, frame) not yet written
+        self.stall = stall
+        self.on_error = on_error
+        self.send_nowait = sender(sock)
+        self.cooperative = _cooperative()
+        self.lock = threading.Lock()     # threads: one writer at a time
+        self.flushing = False            # gevent: a greenlet is collecting this burst
+        self.backlog: Any = None         # what the background writer still has to write
+        self.name = name
+
+    def send(self, rid: int, frame: bytes) -> None:
+        """Queue ``frame``; returns without waiting on the peer. Raises OSError when the write it
+        made found the connection broken."""
+        out = self.out
+        out.append((rid, frame))
+        if self.cooperative:
+            if self.flushing:
+                return  # the greenlet already flushing takes this frame too
+            self.flushing = True
+            try:
+                sleep(0)  # let every greenlet that is ready now queue its frame first
+                if self.backlog is None:   # else the background writer takes it
+                    self._flush()
+            finally:
+                self.flushing = False
+            return
+        self._flush_threads()
+
+    def _flush_threads(self) -> None:
+        out = self.out
+        while out and self.backlog is None and self.lock.acquire(False):  # re-check after release
+            try:
+                self._flush()
+            finally:
+                self.lock.release()
+
+    def _flush(self) -> None:
+        out = self.out
+        while out:
+            n = len(out)
+            data = out.popleft()[1] if n == 1 else b"".join([out.popleft()[1] for _ in range(n)])
+            sent = self.send_nowait(data)
+            if sent < len(data):
+                self.backlog = memoryview(data)[sent:]
+                threading.Thread(target=self._write_backlog, name=self.name, daemon=True).start()
+                return
+
+    def _write_backlog(self) -> None:
+        """The background writer: everything queued, waiting while the peer makes progress."""
+        out = self.out
+        with self.lock:
+            try:
+                while self.backlog is not None:
+                    send_within(self.sock, self.backlog, self.stall, self.send_nowait)
+                    n = len(out)
+                    self.backlog = (b"".join([out.popleft()[1] for _ in range(n)]) if n
+                                    else None)
+            except OSError as exc:
+                self.backlog = None
+                self.on_error(exc)
+                return
+        if not self.cooperative:
+            self._flush_threads()   # frames queued while the lock was still held
+
+    def take_unsent(self) -> Set[int]:
+        """The ids of the frames no write has taken yet (their calls were never sent); clears them."""
+        unsent = set()
+        out = self.out
+        while out:
+            try:
+                unsent.add(out.popleft()[0])
+            except IndexError:
+                break
+        return unsent

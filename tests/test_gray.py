@@ -1,0 +1,115 @@
+"""Gray failures on loopback (issue 9, invariants 1-3): peers that stop reading, and a reader that
+meets an answer it cannot use. Real etcd, real sockets; the misbehaving nodes are in
+tests/fake_nodes.py, the well-behaved ones are real node processes.
+
+1. No call outlives its deadline, even when its node stops reading: writes never hold a caller.
+2. A connection whose reader failed is never used again, and its calls fail at once.
+3. A client that stops reading is cut off by the node, and its calls give back their slots.
+"""
+import threading
+import time
+
+import framework
+from framework.testing import RawConnection, sample, scrape_metrics, wait_until
+from tests.fake_nodes import DeafNode, GarbledNode
+from tests.probes import start_probe
+
+BIG = "x" * (12 << 20)   # more than the kernel buffers between the two ends
+SLACK = 0.1   # issue 9: every call returns within its timeout plus 100 ms
+
+
+def timed(fn, limit: float = 10.0):
+    """``fn()`` on a thread: (what it raised or "ok", seconds). A call that hangs fails the test
+    after ``limit`` seconds instead of hanging the suite."""
+    result = []
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            fn()
+            result.append(("ok", time.monotonic() - t0))
+        except framework.RpcError as exc:
+            result.append((type(exc).__name__, time.monotonic() - t0))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(limit)
+    assert result, f"the call was still blocked after {limit}s"
+    return result[0]
+
+
+def test_a_node_that_stops_reading_costs_a_threaded_caller_no_more_than_its_deadline(
+        etcd, processes, make_client):
+    processes.add(DeafNode(etcd.endpoint, "Deaf", rcvbuf=4096))
+    client = make_client(timeout=0.5)
+    outcomes = [timed(lambda: client.call("Deaf.Put", [BIG])),      # fills the window
+                timed(lambda: client.call("Deaf.Put", ["small"])),  # queued behind it
+                timed(lambda: client.call("Deaf.Get", [BIG]))]      # idempotent: retried
+    print(f"\nthreaded caller, node that never reads, 0.5 s deadline: {outcomes}")
+    for kind, took in outcomes:
+        assert kind in ("Timeout", "ServiceUnavailable") and took <= 0.5 + SLACK, outcomes
+
+
+def test_a_node_that_stops_reading_costs_a_patched_caller_no_more_than_its_deadline(
+        etcd, processes):
+    processes.add(DeafNode(etcd.endpoint, "Deaf", rcvbuf=4096))
+    proc, messages = start_probe(processes, "tests/gray_probe.py", etcd.endpoint)
+    outcomes = wait_until(lambda: len(messages()) == 3 and messages(), timeout=20,
+                          message="three calls from the patched client")
+    print(f"\npatched caller, node that never reads, 0.5 s deadline: {outcomes}")
+    for m in outcomes:
+        assert m["kind"] in ("Timeout", "ServiceUnavailable") and m["took"] <= 0.5 + SLACK, m
+    assert proc.wait(10) == 0, proc.stderr.read()
+
+
+def test_a_reader_that_fails_fails_its_calls_at_once_and_its_connection_is_not_reused(
+        etcd, processes, make_client):
+    node = processes.add(GarbledNode(etcd.endpoint, "Garbled"))
+    client = make_client(timeout=5)
+    first = timed(lambda: client.call("Garbled.Put", ["a"]))
+    second = timed(lambda: client.call("Garbled.Put", ["b"]))
+    print(f"\nanswers no client can match: {first}, {second}; connections: {len(node.accepted)}")
+    # the call was written, so it may have run: ConnectionLost, and long before its 5 s deadline
+    assert first[0] == "ConnectionLost" and first[1] < 1.0, first
+    assert second[0] == "ConnectionLost" and second[1] < 1.0, second
+    assert len(node.accepted) == 2, "the broken connection must not carry the second call"
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_its_calls_free_their_slots(
+        etcd, processes, make_client):
+    node = processes.start_node("tests.services", etcd.endpoint, extra_args=[
+        "--write-timeout", "1", "--max-conn-in-flight", "4", "--max-concurrency", "8"])
+    good = make_client(timeout=5)
+    request = framework.protocol.request(1, "HelloService.Echo", ["x" * 60000])
+    raw = processes.add(RawConnection(node.address, timeout=0.5, rcvbuf=4096))
+    try:   # pipeline big answers and read none: the node's writes to us stop
+        for _ in range(200):
+            raw.send(request)
+    except OSError:
+        pass   # the node stopped reading us too (backpressure) or already cut us off
+    in_flight = lambda: sample(scrape_metrics(node.address), "framework_calls_in_flight")  # noqa
+    stuck_at = time.monotonic()
+    assert good.HelloService.Hello("meanwhile") == "hello:meanwhile"
+    wait_until(lambda: in_flight() == 0, timeout=1 + 3, message="the stuck calls to give back "
+               "their slots")
+    freed = time.monotonic() - stuck_at
+    assert _closed_by_peer(raw.sock, within=5.0), "the node must have closed the connection"
+    print(f"\nclient that stops reading: slots free {freed:.2f}s after it stopped "
+          f"(write timeout 1 s)")
+    assert good.HelloService.Hello("after") == "hello:after"
+    assert node.alive
+
+
+def _closed_by_peer(sock, within: float) -> bool:
+    """Read whatever is still queued until the peer's FIN or RST; False if neither came in time."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except ConnectionError:
+            return True
+        except OSError:
+            return False
+    return False
