@@ -140,6 +140,9 @@ class _NodeCollector:
         yield CounterMetricFamily("framework_registration_grants",
                                   "Leases granted; more than 1 means the node re-registered.",
                                   value=reg.grants if reg is not None else 0)
+        yield CounterMetricFamily("framework_registration_restores",
+                                  "Keys put back after they went missing from etcd.",
+                                  value=reg.restores if reg is not None else 0)
         yield CounterMetricFamily("framework_registry_failures",
                                   "etcd errors met while keeping the registration alive.",
                                   value=reg.failures if reg is not None else 0)

@@ -6,7 +6,10 @@ The loop is the reference's, made real (go-zero's ``discov.Publisher`` does the 
 2. refresh the lease every TTL/3;
 3. if etcd answers that the lease is gone (TTL 0: the node was frozen past its TTL, or etcd was
    replaced by an empty one), grant a **new** lease and put the keys again, at once;
-4. if etcd cannot be reached, retry with jittered backoff capped at TTL/3 - forever. There is no
+4. once per TTL, read the keys back and put any that is missing or changed (an operator's
+   ``etcdctl del``, a restore from an old snapshot): whatever made etcd disagree with the node,
+   the node's registration is whole again within one TTL;
+5. if etcd cannot be reached, retry with jittered backoff capped at TTL/3 - forever. There is no
    retry limit: a node that gives up vanishes for good while still healthy.
 
 ``stop()`` revokes the lease, which removes every key at once so watchers drop the node within
@@ -38,6 +41,8 @@ class Registration:
         self.ttl = int(ttl)
         self.on_change = on_change
         self.lease = 0
+        self.rounds = 0          # keepalives since the last registration
+        self.restores = 0        # keys put back after they went missing from etcd
         self.registered = False
         self.grants = 0          # leases granted so far; more than one means re-registrations
         self.failures = 0        # etcd errors seen (consecutive ones are retried forever)
@@ -66,6 +71,7 @@ class Registration:
         for key, value in self.entries.items():
             self.etcd.put(key, value, lease=lease)
         self.lease = lease
+        self.rounds = 0
         self._cluster = self.etcd.cluster_id
         self.grants += 1
         log.info("registered %s on lease %x (ttl %ss, grant #%d)",
@@ -92,6 +98,9 @@ class Registration:
                         log.warning("etcd cluster changed; registering again")
                         self.lease = 0
                         continue
+                    self.rounds += 1
+                    if self.rounds % 3 == 0:   # every third keepalive: once per TTL
+                        self._restore_missing()
                     self._set(True)
                 backoff.reset()
                 delay = interval
@@ -100,6 +109,16 @@ class Registration:
                 delay = backoff.next()
                 log.warning("registry unreachable (%s); retrying in %.2fs", exc, delay)
             self._stop.wait(delay)
+
+    def _restore_missing(self) -> None:
+        """Put back every key that is not in etcd as this node wrote it, on this node's lease."""
+        for key, value in self.entries.items():
+            _, kvs = self.etcd.get_prefix(key)
+            want = value.encode() if isinstance(value, str) else value
+            if not any(kv.key == key and kv.value == want and kv.lease == self.lease for kv in kvs):
+                self.etcd.put(key, value, lease=self.lease)
+                self.restores += 1
+                log.warning("registration %s was missing or changed in etcd; put it back", key)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the keepalive loop and revoke the lease, removing the keys at once."""

@@ -5,11 +5,13 @@ tests/fake_nodes.py, the well-behaved ones are real node processes.
 1. No call outlives its deadline, even when its node stops reading: writes never hold a caller.
 2. A connection whose reader failed is never used again, and its calls fail at once.
 3. A client that stops reading is cut off by the node, and its calls give back their slots.
+5. A node's registration heals itself: keys deleted behind its back are put back within its TTL.
 """
 import threading
 import time
 
 import framework
+from framework.etcd import Etcd
 from framework.testing import RawConnection, sample, scrape_metrics, wait_until
 from tests.fake_nodes import DeafNode, GarbledNode
 from tests.probes import start_probe
@@ -113,3 +115,20 @@ def _closed_by_peer(sock, within: float) -> bool:
         except OSError:
             return False
     return False
+
+
+def test_keys_deleted_behind_a_nodes_back_are_put_back_within_its_ttl(etcd, processes):
+    ttl = 3
+    node = processes.start_node("tests.services", etcd.endpoint, ttl=ttl)
+    store = Etcd(etcd.endpoint)
+    key = f"/services/HelloService/{node.address}"
+    records = lambda: {kv.key: kv for kv in store.get_prefix("/services/")[1]}  # noqa: E731
+    before = wait_until(lambda: records().get(key), message="the node's key")
+    store.delete(key)                    # an operator's `etcdctl del`, say; the lease lives on
+    deleted = time.monotonic()
+    back = wait_until(lambda: records().get(key), timeout=ttl + 1, message="the key put back")
+    took = time.monotonic() - deleted
+    print(f"\nkey deleted under a live lease: back after {took:.2f}s (ttl {ttl} s)")
+    assert took <= ttl + 0.5
+    assert (back.value, back.lease) == (before.value, before.lease)
+    assert sample(scrape_metrics(node.address), "framework_registration_restores_total") >= 1
