@@ -21,12 +21,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from .balancer import P2C
 from .discovery import DEFAULT_PREFIX, Discovery
 from .record import Node
-from .errors import (ConnectionLost, MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout)
+from .errors import (ConnectionLost, InternalError, MethodNotFound, NotSent, Overloaded, RpcError,
+                     ServiceUnavailable, Timeout)
 from .etcd import EtcdAPI, EtcdConfig
 from .health import Health
 from .pool import Pool
 
 log = logging.getLogger(__name__)
+
+#: errors a node answers with that count against its health: the framework failed on it (-32603),
+#: or it refused the call as overloaded (a node going away is draining, not failing)
+_NODE_FAILURES = (InternalError, Overloaded)
 
 
 class Client:
@@ -147,33 +152,33 @@ class Client:
                 node = fresh[0]  # what pick returns for one node, usable or not
             else:  # when every node is ejected, try one anyway
                 node = balancer.pick(fresh, self._usable) or balancer.pick(fresh)
-            load = balancer.begin(node)
-            ok = False
+            load, ok = balancer.begin(node), False
             try:
                 conn = pool.get(node.address, remaining)
                 result = conn.call(method, params, remaining, self.token, pool.stall_after,
                                    idempotent, deadline)
                 ok = True
             except NotSent as exc:
-                health.record(node.address, ok=False, eject_now=True)
+                health.record(node.address, False, True, now)
                 last_error = exc
             except ConnectionLost as exc:
-                if not conn.alive:  # else it stalled: skipped until it answers its ping
-                    health.record(node.address, ok=False, eject_now=True)
+                # a dead connection ejects at once; a stalled node is skipped until it answers
+                health.record(node.address, False, not conn.alive, now)
                 if not idempotent:
                     raise
                 last_error = exc
             except Timeout:
-                health.record(node.address, ok=False)
+                health.record(node.address, False, False, now)
                 raise
             except RpcError as exc:
+                # a handler's error is an answer; _NODE_FAILURES are the node's own failures
+                health.record(node.address, type(exc) not in _NODE_FAILURES, False, now)
                 if not exc.not_processed:
                     ok = True  # the node answered: for balancing, a success
-                    health.record(node.address, ok=True)
                     raise
                 last_error = exc  # going away / overloaded: the node did not run it
             else:
-                health.record(node.address, True)
+                health.record(node.address, True, False, now)
                 return result
             finally:
                 ended = time.monotonic()

@@ -6,6 +6,14 @@ with :meth:`Health.record`. Two signals answer it:
 * **Outlier ejection.** Consecutive failures eject a node for a backoff that doubles up to
   ``eject_cap``; one success takes it back. A node whose connect is refused, or whose connection
   died, is ejected at once.
+* **Failure rate.** Every ``window`` seconds, a node that served at least ``min_calls`` calls and
+  failed at least ``failure_rate`` of them - and at least twice as often as its peers did - is
+  ejected the same way (gRPC's outlier detection, A50, does this by failure percentage). It comes
+  back when the backoff ends; if it still fails, the next window ejects it for twice as long. At
+  most half of the nodes are ejected by rate, so a cluster-wide problem never empties the pool.
+  What counts as a failure is the client's call: the node could not be reached, lost the call,
+  refused it as overloaded or failed inside the framework (-32603). A handler's own error is an
+  answer, not a node failure.
 * **Stall.** A node that leaves a liveness ping unanswered is frozen, paused or blackholed, whatever
   its lease says. The transport sends the pings (a node answers them without running a handler);
   ``stalled(address, now)`` reports what it saw.
@@ -16,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +32,15 @@ log = logging.getLogger(__name__)
 class NodeHealth:
     """Outlier ejection for one node."""
 
-    __slots__ = ("failures", "ejected_until", "ejections")
+    __slots__ = ("failures", "ejected_until", "ejections", "calls", "failed", "strikes")
 
     def __init__(self):
-        self.failures = 0
+        self.failures = 0         # consecutive
         self.ejected_until = 0.0
         self.ejections = 0
+        self.calls = 0            # this window's calls and failures
+        self.failed = 0
+        self.strikes = 0          # windows in a row that ejected it for its failure rate
 
     def usable(self, now: float) -> bool:
         return now >= self.ejected_until
@@ -60,11 +71,15 @@ class Health:
     delays an ejection by one failure)."""
 
     def __init__(self, stalled: Callable[[str, float], bool] = _never_stalled,
-                 eject_threshold: int = 3, eject_base: float = 0.5, eject_cap: float = 10.0):
+                 eject_threshold: int = 3, eject_base: float = 0.5, eject_cap: float = 10.0,
+                 window: float = 1.0, min_calls: int = 20, failure_rate: float = 0.2):
         self.stalled = stalled
         self.eject_threshold = eject_threshold
         self.eject_base, self.eject_cap = eject_base, eject_cap
+        self.window, self.min_calls, self.failure_rate = window, min_calls, failure_rate
         self._nodes: Dict[str, NodeHealth] = {}
+        self._window_start = 0.0
+        self.rate_ejections = 0   # ejections by failure rate so far
 
     def usable(self, address: str, now: float) -> bool:
         h = self._nodes.get(address)
@@ -72,19 +87,49 @@ class Health:
             return False
         return not self.stalled(address, now)
 
-    def record(self, address: str, ok: bool, eject_now: bool = False) -> None:
-        """One call's outcome; ``eject_now``: the node is certainly unreachable."""
-        if ok:
-            h = self._nodes.get(address)
-            if h is not None and h.failures:
-                h.success()
-            return
+    def record(self, address: str, ok: bool, eject_now: bool = False,
+               now: Optional[float] = None) -> None:
+        """One call's outcome; ``eject_now``: the node is certainly unreachable. ``now``: the
+        caller's clock reading, when it has one."""
         h = self._nodes.get(address)
         if h is None:
             h = self._nodes.setdefault(address, NodeHealth())
-        threshold = 1 if eject_now else self.eject_threshold
-        if h.failure(time.monotonic(), threshold, self.eject_base, self.eject_cap):
-            log.info("ejected node %s for %.1fs", address, h.ejected_until - time.monotonic())
+        h.calls += 1
+        if now is None:
+            now = time.monotonic()
+        if ok:
+            if h.failures:
+                h.success()
+        else:
+            h.failed += 1
+            threshold = 1 if eject_now else self.eject_threshold
+            if h.failure(now, threshold, self.eject_base, self.eject_cap):
+                log.info("ejected node %s for %.1fs", address, h.ejected_until - now)
+        if now - self._window_start >= self.window:
+            self._judge(now)
+
+    def _judge(self, now: float) -> None:
+        """The end of a window: eject the nodes that failed far more often than their peers."""
+        self._window_start = now
+        nodes = list(self._nodes.items())
+        rates = {a: h.failed / h.calls for a, h in nodes if h.calls >= self.min_calls}
+        budget = len(nodes) // 2 - sum(1 for _, h in nodes if not h.usable(now))
+        for address, rate in sorted(rates.items(), key=lambda item: -item[1]):
+            others = [r for a, r in rates.items() if a != address]
+            peers = sum(others) / len(others) if others else 0.0
+            h = self._nodes[address]
+            if rate >= self.failure_rate and rate >= 2 * peers and budget > 0 and h.usable(now):
+                # a streak of successes between failures must not shorten the next ejection
+                h.ejected_until = now + min(self.eject_cap, self.eject_base * 2 ** h.strikes)
+                h.strikes = min(h.strikes + 1, 16)
+                budget -= 1
+                self.rate_ejections += 1
+                log.info("ejected node %s for %.1fs: %.0f%% of its calls failed (peers %.0f%%)",
+                         address, h.ejected_until - now, rate * 100, peers * 100)
+            elif rate < self.failure_rate / 2:
+                h.strikes = 0   # recovered: the next ejection starts short again
+        for _, h in nodes:
+            h.calls = h.failed = 0
 
     def forget(self, address: str) -> None:
         """The node left the registry: a node that comes back at that address starts afresh."""

@@ -12,7 +12,7 @@ import time
 
 import framework
 from framework.etcd import Etcd
-from framework.testing import RawConnection, sample, scrape_metrics, wait_until
+from framework.testing import Load, RawConnection, sample, scrape_metrics, wait_until
 from tests.fake_nodes import DeafNode, GarbledNode
 from tests.probes import start_probe
 
@@ -132,3 +132,26 @@ def test_keys_deleted_behind_a_nodes_back_are_put_back_within_its_ttl(etcd, proc
     assert took <= ttl + 0.5
     assert (back.value, back.lease) == (before.value, before.lease)
     assert sample(scrape_metrics(node.address), "framework_registration_restores_total") >= 1
+
+
+def test_a_node_that_fails_far_more_often_than_its_peers_gets_little_traffic(etcd, processes,
+                                                                             make_client):
+    good = [processes.start_node("tests.flaky_services", etcd.endpoint) for _ in range(2)]
+    # every 4th call fails: never two in a row, so only the failure rate can single it out
+    bad = processes.start_node("tests.flaky_services", etcd.endpoint, env={"FLAKY_EVERY": "4"})
+    client = make_client(timeout=5)
+    wait_until(lambda: len(client.nodes("Flaky")) == 3, message="three nodes listed")
+    with Load(lambda: client.Flaky.Work(), callers=8) as load:
+        wait_until(lambda: client.health.rate_ejections >= 1, timeout=10,
+                   message="the failing node to be ejected for its failure rate")
+        mark_ok, mark_errors = len(load.ok), len(load.errors)
+        time.sleep(2.0)   # the measurement window, not a wait for a condition
+    late = load.values(since=mark_ok)
+    share = sum(1 for pid in late if pid == bad.pid) / len(late)
+    late_errors = len(load.errors) - mark_errors
+    print(f"\nnode failing 25% of its calls, 2 healthy peers, 8 callers: {len(load.ok)} ok, "
+          f"{len(load.errors)} failed ({late_errors} in the 2 s after its first ejection); its "
+          f"share of those 2 s: {share:.1%} (fair: 33%); rate ejections: "
+          f"{client.health.rate_ejections}")
+    assert share < 0.15, share
+    assert {pid for pid in late} >= {node.pid for node in good}

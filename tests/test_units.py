@@ -152,3 +152,32 @@ def test_cache_lists_then_watches_from_the_next_revision_and_survives_errors():
         wait_until(lambda: [n.address for n in d.nodes("S")] == ["c:3"], timeout=10)
     finally:
         d.close()
+
+
+# ---- node health -----------------------------------------------------------------------------------
+
+def test_a_node_failing_far_more_often_than_its_peers_is_ejected_at_the_end_of_a_window():
+    from framework.health import Health
+    health = Health(window=1.0, min_calls=20, failure_rate=0.2)
+    t = 100.0
+    for i in range(40):   # a fails every third call (33%), never three in a row; b and c never
+        t += 0.02
+        health.record("a", i % 3 != 0, now=t)
+        health.record("b", True, now=t)
+        health.record("c", True, now=t)
+    health.record("b", True, now=t + 1.0)   # the window ends
+    assert health.rate_ejections == 1
+    assert not health.usable("a", t + 1.1) and health.usable("b", t + 1.1)
+    assert health.usable("a", t + 1.6)      # back after the first backoff (0.5 s)
+
+
+def test_failure_rate_ejection_spares_a_cluster_that_fails_everywhere():
+    from framework.health import Health
+    health = Health(window=1.0, min_calls=20, failure_rate=0.2)
+    t = 100.0
+    for i in range(40):   # every node fails a third of its calls: nobody is an outlier
+        t += 0.02
+        for node in "abc":
+            health.record(node, i % 3 != 0, now=t)
+    health.record("a", True, now=t + 1.0)
+    assert health.rate_ejections == 0
