@@ -6,8 +6,12 @@ their answers are written back as they complete (out of order), coalesced:
 * **Reading.** Between frames a connection may idle for ever; once a frame has begun, the peer has
   ``frame_timeout`` seconds to finish it, so a slow sender cannot pin memory. Pings are answered
   here, without a handler, so an unanswered ping means the node is stalled, never merely busy.
-* **Backpressure.** The reader takes one of ``max_conn_in_flight`` slots per request and then a
-  worker slot; both block when full, so the reader stops reading and TCP pushes back on the sender.
+* **Backpressure, and busy is not stalled.** A request runs once it has one of the connection's
+  ``max_conn_in_flight`` slots and one of the node's workers. When either is taken, the reader
+  parks the request and goes on reading, so it still answers pings: a saturated node is never
+  taken for a frozen one. A starter greenlet runs the parked requests in order as slots come
+  free. Once ``max_parked`` requests (or ``max_parked_bytes``) wait, the reader stops reading,
+  and TCP pushes back on the sender.
 * **Lone requests run in the reader.** With nothing else in flight on the connection and no call
   waiting for a worker, the request runs in the reader itself, which saves the hand-off to a worker
   (two greenlet switches and a hub turn). Should it block, the hub runs :meth:`_take_over` meanwhile
@@ -20,6 +24,7 @@ their answers are written back as they complete (out of order), coalesced:
 """
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import time
@@ -41,7 +46,8 @@ class AcceptedConnection:
 
     __slots__ = ("node", "sock", "peer", "out", "out_bytes", "flushing", "drained", "in_flight",
                  "closed", "idle", "slots", "queued", "write_lock", "frames", "frame_began",
-                 "reader", "inline", "finished", "part", "send_nowait")
+                 "reader", "inline", "finished", "part", "send_nowait", "parked", "parked_bytes",
+                 "unparked", "starter")
 
     def __init__(self, node: Any, sock: socket.socket, peer: Any):
         self.node = node
@@ -66,6 +72,10 @@ class AcceptedConnection:
         self.inline: Any = None          # the reader while it runs a call itself
         self.finished = gevent.event.Event()   # set once the last reader closed the connection
         self.send_nowait = sender(sock)
+        self.parked: collections.deque = collections.deque()   # (request, received, size)
+        self.parked_bytes = 0
+        self.unparked = gevent.event.Event()   # the starter made room among the parked
+        self.starter: Any = None               # the greenlet starting parked requests
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -135,11 +145,14 @@ class AcceptedConnection:
             if node.going_away:
                 self._refuse(obj)
                 continue
-            # both block when full: the per-connection cap, then the node's workers
-            self.slots.acquire()
             if not self.in_flight:
                 self.idle.clear()
-            self.in_flight += 1
+            self.in_flight += 1   # parked or running: answered before the connection closes
+            pool = node.pool
+            if self.parked or self.in_flight > node.max_conn_in_flight or pool.busy >= pool.size:
+                self._park(obj, received, len(body))
+                continue
+            self.slots.acquire()
             if self.in_flight == 1 and len(bodies) == 1 and not self.queued:
                 self._run_inline(obj, received, me)
                 if self.reader is not me:
@@ -147,6 +160,45 @@ class AcceptedConnection:
             else:
                 node.pool.submit(self.run, obj, received)
         return True
+
+    def _park(self, obj: Any, received: float, size: int) -> None:
+        """No slot free now: queue the request for the starter; wait (the reader stops reading)
+        only while the parked ones are over the limits."""
+        self.parked.append((obj, received, size))
+        self.parked_bytes += size
+        if self.starter is None:
+            self.starter = gevent.spawn(self._start_parked)
+        node = self.node
+        while (len(self.parked) >= node.max_parked or self.parked_bytes >= node.max_parked_bytes) \
+                and not self.closed:
+            self.unparked.clear()
+            self.unparked.wait()
+
+    def _start_parked(self) -> None:
+        """The starter: run the parked requests in order, each as soon as it gets its slots."""
+        parked, pool = self.parked, self.node.pool
+        try:
+            while parked and not self.closed:
+                obj, received, size = parked[0]
+                self.slots.acquire()
+                pool.submit(self.run, obj, received)   # blocks while the node's workers are full
+                parked.popleft()
+                self.parked_bytes -= size
+                self.unparked.set()
+        finally:
+            self.starter = None
+            if self.closed:
+                self._drop_parked()
+
+    def _drop_parked(self) -> None:
+        """The connection closed: parked requests will never run, nor be answered."""
+        while self.parked:
+            self.parked.popleft()
+            self.in_flight -= 1
+        self.parked_bytes = 0
+        if not self.in_flight:
+            self.idle.set()
+        self.unparked.set()
 
     def _run_inline(self, obj: Any, received: float, me: Any) -> None:
         self.inline = me
@@ -165,6 +217,8 @@ class AcceptedConnection:
     def _finish(self) -> None:
         """The last reader is done: close the connection once its calls are answered."""
         self.node.connections.discard(self)
+        if self.parked and self.starter is None:
+            self._drop_parked()
         if self.in_flight:
             # the peer may only have half-closed (SHUT_WR): its answers still go out
             self.idle.wait(self.node.drain_timeout)

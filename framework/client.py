@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .balancer import P2C
+from .budget import RetryBudget
 from .discovery import DEFAULT_PREFIX, Discovery
 from .record import Node
 from .errors import (ConnectionLost, InternalError, MethodNotFound, NotSent, Overloaded, RpcError,
@@ -47,7 +48,8 @@ class Client:
     def __init__(self, etcd: Union[None, str, Sequence[str], EtcdConfig] = None, timeout: float = 5.0,
                  prefix: str = DEFAULT_PREFIX, *, discovery: Optional[Discovery] = None,
                  pool: Optional[Pool] = None, token: Optional[str] = None, tls: Any = None,
-                 etcd_client: Optional[EtcdAPI] = None, balancer: Optional[Callable[[], Any]] = None):
+                 etcd_client: Optional[EtcdAPI] = None, balancer: Optional[Callable[[], Any]] = None,
+                 retry_budget: Optional[RetryBudget] = None):
         self.timeout = timeout
         #: builds one policy per service (framework.balancer): P2C by default - `make bench` shows it
         #: no slower than RoundRobin on equal nodes and far better when one node is slow
@@ -63,6 +65,8 @@ class Client:
         self.pool = pool or Pool(tls=tls)
         #: which nodes the balancer may pick: ejection of failing nodes, and stalls the pool saw
         self.health = Health(self.pool.stalled)
+        #: retries add at most 10% of the calls plus 10 a second (framework.budget)
+        self.budget = retry_budget or RetryBudget()
         self._balancers: Dict[str, Any] = {}
         # "Service.method" -> (snapshot, candidates, idempotent): recomputed only when the
         # discovery snapshot changes, so a call does no per-node work
@@ -130,9 +134,8 @@ class Client:
         deadline = now + timeout
         discovery, pool, health = self.discovery, self.pool, self.health
         balancer = self._balancers.get(service) or self._new_balancer(service)
-        tried: Optional[set] = None   # nodes that failed this call; made on the first failure
-        last_error: Optional[RpcError] = None
-        pause = 0.005
+        tried, last_error, pause = None, None, 0.005   # failed nodes, their error, the next pause
+        self.budget.calls += 1
         while True:
             remaining = deadline - now
             if remaining <= 0:
@@ -183,8 +186,25 @@ class Client:
             finally:
                 ended = time.monotonic()
                 balancer.end(load, ended - now, ok, ended)
-            tried, pause = _retry_pause(tried, node.address, len(candidates), pause, deadline)
+            tried, pause = self._before_retry(tried, node.address, len(candidates), pause,
+                                              deadline, last_error)
             now = time.monotonic()
+
+    def _before_retry(self, tried: Optional[set], address: str, candidates: int, pause: float,
+                      deadline: float, last_error: Optional[RpcError]) -> Tuple[set, float]:
+        """``address`` failed this call with ``last_error``, which allows a retry: take it from the
+        retry budget (or raise), and once every node has failed, sleep ``pause`` (so a dead
+        registry entry can expire) and start over. Returns the nodes tried and the next pause."""
+        if not self.budget.withdraw(time.monotonic()):
+            raise ServiceUnavailable(f"retry budget exhausted (last error: {last_error})") \
+                from last_error
+        tried = set() if tried is None else tried
+        tried.add(address)
+        if len(tried) < candidates:
+            return tried, pause
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        tried.clear()
+        return tried, min(pause * 2, 0.2)
 
     def _new_balancer(self, service: str) -> Any:
         return self._balancers.setdefault(service, self.balancer())
@@ -206,19 +226,6 @@ class Client:
             raise MethodNotFound(f"Method not found: {method} (no node of {service} has it)")
         if self.discovery.ready(service):
             raise ServiceUnavailable(f"no live node of {service}")
-
-
-def _retry_pause(tried: Optional[set], address: str, candidates: int, pause: float,
-                 deadline: float) -> Tuple[set, float]:
-    """Note that ``address`` failed this call; once every node has, sleep ``pause`` (so a dead
-    registry entry can expire) and start over. Returns the nodes tried and the next pause."""
-    tried = set() if tried is None else tried
-    tried.add(address)
-    if len(tried) < candidates:
-        return tried, pause
-    time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-    tried.clear()
-    return tried, min(pause * 2, 0.2)
 
 
 def _idempotent(nodes: Sequence[Node], method: str) -> bool:

@@ -71,6 +71,10 @@ class Server:
     #: seconds a peer gets to finish a TLS handshake, its first bytes, or a frame it has begun
     #: (slow senders and half-open connections are closed after it; idle ones between frames are not)
     frame_timeout = 30.0
+    #: requests one connection may have waiting for a slot while the reader goes on reading (and
+    #: answering pings); past either bound the reader stops and TCP pushes back
+    max_parked = 64
+    max_parked_bytes = 1024 * 1024
     #: response bytes queued for one connection before its handlers wait for the peer to read
     max_pending_output = 8 * 1024 * 1024
     #: seconds a peer may read nothing of its pending answers before its connection is cut (a

@@ -36,23 +36,23 @@ class Workers:
         self.queued = self._jobs       # read-only view for readers: calls waiting for a worker
         self._parked: List[Any] = []   # idle workers, each waiting in hub.switch()
         self._scheduled = False        # a _dispatch is pending in the hub's callbacks
-        self._busy = 0
+        self.busy = 0
         self._idle = gevent.event.Event()
         self._idle.set()
         self._hub: Any = None
 
     def __len__(self) -> int:
-        return self._busy
+        return self.busy
 
     def _take(self) -> None:
         self._slots.acquire()
-        self._busy += 1
-        if self._busy == 1:
+        self.busy += 1
+        if self.busy == 1:
             self._idle.clear()
 
     def _release(self, _greenlet: Any = None) -> None:
-        self._busy -= 1
-        if not self._busy:
+        self.busy -= 1
+        if not self.busy:
             self._idle.set()
         self._slots.release()
 

@@ -57,6 +57,33 @@ class DeafNode(FakeNode):
         self.closed.wait()
 
 
+class RefusingNode(FakeNode):
+    """Answers every request with -32001 *going away, not processed*, which a client may re-send
+    to any node whatever the method: the cheapest way to provoke retries. Counts the requests."""
+
+    requests = 0
+
+    def handle(self, sock: socket.socket) -> None:
+        reader = protocol.FrameReader()
+        while not self.closed.is_set():
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            answers = []
+            for body in reader.feed(data):
+                self.requests += 1
+                rid = msgpack.unpackb(body).get("id")
+                answers.append(protocol.pack({"jsonrpc": "2.0", "id": rid, "error": {
+                    "code": -32001, "message": "going away"}}))
+            try:
+                sock.sendall(b"".join(answers))
+            except OSError:
+                return
+
+
 class GarbledNode(FakeNode):
     """Reads requests and answers each with a map whose id is a list: well-formed msgpack, but no
     client can look it up, so the client's reader fails on it."""

@@ -13,7 +13,7 @@ import time
 import framework
 from framework.etcd import Etcd
 from framework.testing import Load, RawConnection, sample, scrape_metrics, wait_until
-from tests.fake_nodes import DeafNode, GarbledNode
+from tests.fake_nodes import DeafNode, GarbledNode, RefusingNode
 from tests.probes import start_probe
 
 BIG = "x" * (12 << 20)   # more than the kernel buffers between the two ends
@@ -155,3 +155,44 @@ def test_a_node_that_fails_far_more_often_than_its_peers_gets_little_traffic(etc
           f"{client.health.rate_ejections}")
     assert share < 0.15, share
     assert {pid for pid in late} >= {node.pid for node in good}
+
+
+def test_a_saturated_node_answers_pings_and_is_not_taken_for_a_frozen_one(etcd, processes,
+                                                                          make_client):
+    node = processes.start_node("tests.services", etcd.endpoint,
+                                extra_args=["--max-concurrency", "2"])
+    client = make_client(timeout=5)
+    wait_until(lambda: client.nodes("HelloService"), message="the node listed")
+    stalled = []
+    # 8 idempotent 1 s calls on a node that runs 2 at a time: 6 wait for a worker, up to 3 s
+    with Load(lambda: client.HelloService.Sleep(1.0), callers=8, per_caller=1) as load:
+        deadline = time.monotonic() + 10
+        while load.calls < 8 and time.monotonic() < deadline:   # poll the client's own view
+            if client.pool.stalled(node.address, time.monotonic()):
+                stalled.append(time.monotonic())
+            time.sleep(0.01)
+    ran = sample(scrape_metrics(node.address), "framework_calls_total", service="HelloService",
+                 method="Sleep", outcome="ok")
+    print(f"\nsaturated node (2 workers, 8 calls of 1 s): {len(load.ok)} ok, {len(load.errors)} "
+          f"failed, handlers run {ran:.0f} times, seen as stalled {len(stalled)} times")
+    assert load.errors == [] and len(load.ok) == 8
+    assert stalled == [], "a busy node answered late pings: it was taken for a frozen one"
+    assert ran == 8, "calls to a busy node were abandoned and sent again"
+
+
+def test_retries_add_at_most_a_tenth_of_the_calls_plus_a_small_floor(etcd, processes, make_client):
+    nodes = [processes.add(RefusingNode(etcd.endpoint, "Refusing")) for _ in range(2)]
+    client = make_client(timeout=0.5)
+    wait_until(lambda: len(client.nodes("Refusing")) == 2, message="two nodes listed")
+    started = time.monotonic()
+    load = Load(lambda: client.call("Refusing.Get", []), callers=8).run(3.0)
+    seconds = time.monotonic() - started
+    received = sum(node.requests for node in nodes)
+    issued = load.calls
+    allowed = issued * 1.1 + 10 * seconds + 20   # ratio, floor a second, burst
+    kinds = {e.value.split("(")[0] for e in load.errors}
+    print(f"\ntwo nodes refusing every call, 8 callers for {seconds:.1f}s: {issued} calls, "
+          f"{received} requests received ({received / issued:.2f}x), retries refused "
+          f"{client.budget.refused}; errors: {kinds}")
+    assert load.ok == [] and kinds == {"ServiceUnavailable"}
+    assert received <= allowed, (received, allowed)

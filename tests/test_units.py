@@ -181,3 +181,18 @@ def test_failure_rate_ejection_spares_a_cluster_that_fails_everywhere():
             health.record(node, i % 3 != 0, now=t)
     health.record("a", True, now=t + 1.0)
     assert health.rate_ejections == 0
+
+
+# ---- retry budget ------------------------------------------------------------------------------------
+
+def test_retry_budget_allows_a_tenth_of_the_calls_plus_a_floor_and_saves_up_for_a_burst():
+    from framework.budget import RetryBudget
+    budget = RetryBudget(ratio=0.1, floor=10.0, burst=20.0)
+    t = budget._stamp
+    assert sum(budget.withdraw(t) for _ in range(30)) == 20        # the burst, then nothing
+    budget.calls += 100                                          # 100 calls earn 10 retries
+    assert sum(budget.withdraw(t) for _ in range(30)) == 10
+    assert sum(budget.withdraw(t + 1.0) for _ in range(30)) == 10  # a second earns the floor
+    budget.calls += 5000           # 500 retries earned, 10 more by the floor: a busy client's
+    assert sum(budget.withdraw(t + 2.0) for _ in range(1000)) == 510   # savings pass the burst
+    assert budget.refused == (30 - 20) + (30 - 10) + (30 - 10) + (1000 - 510)
