@@ -15,6 +15,10 @@ Fixtures (:mod:`framework.testing.plugin`):
 * ``processes`` - the :class:`ProcessGroup` that kills every started process at teardown, also when
   the test fails or pytest is interrupted or sent SIGTERM; ``processes.start_node(module, etcd)``,
   ``start_etcd(**kw)`` and ``start_gateway(etcd, *args)`` start more, on any etcd.
+* ``test_network`` - a :class:`TestNetwork` (:mod:`framework.testing.netns`): a private network of
+  Linux namespaces on a bridge, with ``add(member)``, ``start_etcd``/``start_node``/``popen``
+  inside a member, and real faults (``blackhole``, ``partition``, ``thin``, ``heal``). It needs
+  root and iproute2 and fails naming what is missing; it never skips.
 
 Helpers:
 
@@ -29,13 +33,15 @@ Helpers:
 from ..devetcd import EtcdProcess, cluster, find_binary
 from .load import Load, Outcome
 from .metrics import sample, scrape_metrics
+from .netns import NetworkUnavailable, TestNetwork
 from .processes import GatewayProcess, NodeProcess, ProcessGroup
 from .waiting import wait_until
 from .wire import RawConnection, frame, frame_header, http_request, post_json
 
 __all__ = ["EtcdProcess", "NodeProcess", "GatewayProcess", "ProcessGroup", "wait_until",
            "http_request", "cluster", "find_binary", "Load", "Outcome", "RawConnection", "frame",
-           "frame_header", "post_json", "scrape_metrics", "sample"]
+           "frame_header", "post_json", "scrape_metrics", "sample", "TestNetwork",
+           "NetworkUnavailable"]
 
 try:
     import pytest  # noqa: F401
@@ -44,4 +50,4 @@ except ImportError:  # the helpers above work without pytest; only the plugin ne
 else:
     # pytest finds a plugin's hooks and fixtures among the attributes of the module it names
     from .plugin import (etcd, make_client, pytest_configure, processes,  # noqa: F401
-                         serve_gateway, serve_node)
+                         serve_gateway, serve_node, test_network)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import List, Optional
+from typing import Optional
 
 import pytest
 
+from .netns import TestNetwork
 from .processes import GatewayProcess, NodeProcess, ProcessGroup
 
-_all_groups: List[ProcessGroup] = []
+_all_groups: list = []   # ProcessGroups and TestNetworks: anything closed on SIGTERM
 
 
 def pytest_configure(config):
@@ -70,3 +71,16 @@ def make_client(processes, etcd):
     def build(endpoint=None, **kw) -> Client:
         return processes.add(Client(etcd=endpoint or etcd.endpoint, **kw))
     return build
+
+
+@pytest.fixture
+def test_network():
+    """A :class:`TestNetwork` (namespaces, bridge, tc faults), closed at teardown whatever happens.
+    Needs root and iproute2; without them it raises naming what is missing (never skips)."""
+    net = TestNetwork()
+    _all_groups.append(net)
+    try:
+        yield net
+    finally:
+        net.close()
+        _all_groups.remove(net)

@@ -28,8 +28,11 @@ class NodeProcess:
 
     def __init__(self, module: str, etcd: Optional[str], ttl: int = 10, host: str = "127.0.0.1",
                  port: int = 0, prefix: Optional[str] = None, extra_args: Sequence[str] = (),
-                 env: Optional[dict] = None, cwd: Optional[str] = None):
+                 env: Optional[dict] = None, cwd: Optional[str] = None,
+                 command_prefix: Sequence[str] = ()):
         self.module = module
+        # e.g. ``ip netns exec NAME`` (framework.testing.netns): it execs, so the pid is the node's
+        self.command_prefix = list(command_prefix)
         self.args = [sys.executable, "-m", "framework", "serve", module, "--host", host,
                      "--port", str(port), "--ttl", str(ttl)]
         if etcd:
@@ -48,9 +51,9 @@ class NodeProcess:
                                                     delete=False)
 
     def start(self, timeout: float = 20.0) -> "NodeProcess":
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log_file,
-                                     stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
-                                     start_new_session=True, text=True)
+        self.proc = subprocess.Popen([*self.command_prefix, *self.args], stdout=subprocess.PIPE,
+                                     stderr=self.log_file, stdin=subprocess.DEVNULL, env=self.env,
+                                     cwd=self.cwd, start_new_session=True, text=True)
         ready = threading.Event()
 
         def read():
