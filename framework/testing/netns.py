@@ -242,7 +242,8 @@ class TestNetwork:
         return f"v{index}", f"i{index}"     # towards the member, from the member
 
     def _root(self, dev: str, *qdisc: str) -> None:
-        self._tc("qdisc", "replace", "dev", dev, "root", *qdisc)
+        self._tc("qdisc", "replace", "dev", dev, "root", *qdisc,
+                 what=f"the qdisc `{' '.join(qdisc)}` (is its kernel module there?)")
 
     def blackhole(self, member: str) -> None:
         """Drop every packet to and from ``member``; neither end learns of a drop."""
@@ -267,7 +268,8 @@ class TestNetwork:
                 for cls in ("1:1", "1:2"):
                     self._tc("class", "add", "dev", dev, "parent", "1:", "classid", cls, "htb",
                              "rate", "10gbit", "quantum", "60000", what="an htb class")
-                self._tc("qdisc", "add", "dev", dev, "parent", "1:2", *self._drop())
+                self._tc("qdisc", "add", "dev", dev, "parent", "1:2", *self._drop(),
+                         what="a dropping qdisc under htb")
             self.faults[member] = "partition"
         for other in others:
             for dev, field in ((towards, "src"), (away, "dst")):
