@@ -57,11 +57,13 @@ class DeafNode(FakeNode):
         self.closed.wait()
 
 
-class RefusingNode(FakeNode):
-    """Answers every request with -32001 *going away, not processed*, which a client may re-send
-    to any node whatever the method: the cheapest way to provoke retries. Counts the requests."""
+class AnsweringNode(FakeNode):
+    """Reads requests and answers each with ``answer(request id)``; counts the requests."""
 
     requests = 0
+
+    def answer(self, rid) -> dict:
+        raise NotImplementedError
 
     def handle(self, sock: socket.socket) -> None:
         reader = protocol.FrameReader()
@@ -75,31 +77,24 @@ class RefusingNode(FakeNode):
             answers = []
             for body in reader.feed(data):
                 self.requests += 1
-                rid = msgpack.unpackb(body).get("id")
-                answers.append(protocol.pack({"jsonrpc": "2.0", "id": rid, "error": {
-                    "code": -32001, "message": "going away"}}))
+                answers.append(protocol.pack(self.answer(msgpack.unpackb(body).get("id"))))
             try:
                 sock.sendall(b"".join(answers))
             except OSError:
                 return
 
 
-class GarbledNode(FakeNode):
-    """Reads requests and answers each with a map whose id is a list: well-formed msgpack, but no
-    client can look it up, so the client's reader fails on it."""
+class RefusingNode(AnsweringNode):
+    """Answers every request with -32001 *going away, not processed*, which a client may re-send
+    to any node whatever the method: the cheapest way to provoke retries."""
 
-    def handle(self, sock: socket.socket) -> None:
-        reader = protocol.FrameReader()
-        while not self.closed.is_set():
-            try:
-                data = sock.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            for body in reader.feed(data):
-                rid = msgpack.unpackb(body).get("id")
-                try:
-                    sock.sendall(protocol.pack({"jsonrpc": "2.0", "id": [rid], "result": 1}))
-                except OSError:
-                    return
+    def answer(self, rid) -> dict:
+        return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32001, "message": "going away"}}
+
+
+class GarbledNode(AnsweringNode):
+    """Answers each request with a map whose id is a list: well-formed msgpack, but no client can
+    look it up, so the client's reader fails on it."""
+
+    def answer(self, rid) -> dict:
+        return {"jsonrpc": "2.0", "id": [rid], "result": 1}

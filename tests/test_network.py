@@ -148,6 +148,18 @@ def _transfer(net, server, connect, size):
         return time.monotonic() - started
 
 
+def heal_and_rejoin(net, probe, member: str, node, count: int):
+    """Heal ``member``; wait until its node is listed again (it registers again by itself) and
+    answers more than ``count`` calls. -> (healed at, listed at, answering at, final status)."""
+    net.heal(member)
+    healed = time.monotonic()
+    back = probe.change(timeout=TTL + 2, added=node.address)["at"]
+    probe.wait(lambda s: s["by_pid"].get(str(node.pid), 0) > count, timeout=5,
+               message=f"{member} answering calls again")
+    final = probe.stop()
+    return healed, back, resumed(final, node, healed), final
+
+
 def test_missing_tools_fail_loudly_naming_them(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(NetworkUnavailable, match="ip and tc from iproute2"):
@@ -220,13 +232,7 @@ def test_a_node_cut_off_from_etcd_only_leaves_traffic_and_comes_back_by_itself(t
                        message="200 calls without a")
     assert after["by_pid"][str(a.pid)] == count, "a took calls after it left etcd"
     assert registered(net, endpoint, nodes["b"].address)
-    net.heal("a")
-    healed = time.monotonic()
-    back = probe.change(timeout=TTL + 2, added=a.address)["at"]   # re-registered by itself
-    probe.wait(lambda s: s["by_pid"].get(str(a.pid), 0) > count, timeout=5,
-               message="a answering calls again")
-    final = probe.stop()
-    took = resumed(final, a, healed)
+    healed, back, took, final = heal_and_rejoin(net, probe, "a", a, count)
     print(f"\nnode cut off from etcd only: {final['calls']} calls by 8 callers, "
           f"{final['failed']} failed; lease gone {gone - cut:.2f} s after the cut (TTL {TTL}); "
           f"{after['calls'] - before['calls']} calls without it; listed again "
@@ -257,10 +263,10 @@ def test_a_client_cut_off_from_etcd_calls_on_from_its_cache_and_converges_after(
     seen = probe.change(timeout=healed - cut + 1, added=d.address)["at"]
     probe.wait(lambda s: s["by_pid"].get(str(d.pid), 0) > 0, timeout=5, message="d taking calls")
     final = probe.stop()
-    print(f"\nclient cut off from etcd only: {final['calls']} calls by 8 callers, "
-          f"{final['failed']} failed; {before['calls'] - at_cut} calls during the "
-          f"{healed - cut:.1f} s cut; a node started during the cut listed {seen - healed:.2f} s "
-          f"after the heal; max latency {final['max']:.3f} s")
+    figures = dict(final, during=before["calls"] - at_cut, cut=healed - cut, seen=seen - healed)
+    print("\nclient cut off from etcd only: {calls} calls by 8 callers, {failed} failed; {during} "
+          "calls during the {cut:.1f} s cut; a node started during the cut listed {seen:.2f} s "
+          "after the heal; max latency {max:.3f} s".format(**figures))
     assert final["failed"] == 0, final["errors"]
 
 
@@ -277,13 +283,7 @@ def test_a_blackholed_node_host_at_a_2s_timeout_costs_no_call(test_network):
     # a fixed fault window of 6 s, two TTLs: c loses its lease, then comes back on its own
     held = probe.wait(lambda s: s["at"] > cut + 6, timeout=10, message="the window")
     count = held["by_pid"][str(c.pid)]
-    net.heal("c")
-    healed = time.monotonic()
-    back = probe.change(timeout=TTL + 2, added=c.address)["at"]   # registered again by itself
-    probe.wait(lambda s: s["by_pid"].get(str(c.pid), 0) > count, timeout=5,
-               message="c answering calls again")
-    final = probe.stop()
-    took = resumed(final, c, healed)
+    healed, back, took, final = heal_and_rejoin(net, probe, "c", c, count)
     print(f"\nnode host blackholed 6 s, 2 s timeout: {final['calls']} calls by 16 callers, "
           f"{final['failed']} failed; max latency {final['max']:.3f} s (deadline {timeout} s), "
           f"{final['over_deadline']} over deadline + 0.1 s, {final['slow']} over 0.25 s; "
