@@ -131,6 +131,7 @@ class AcceptedConnection:
         """Start the calls in ``bodies``; False when this greenlet must stop reading (the
         connection is rejected, or a call it ran blocked and another reader took over)."""
         node = self.node
+        workers, cap = node.pool, node.max_conn_in_flight
         received = time.monotonic()
         unpack = protocol.unpack_body if self.frames.marked else protocol.unpack_unmarked
         for body in bodies:
@@ -148,8 +149,7 @@ class AcceptedConnection:
             if not self.in_flight:
                 self.idle.clear()
             self.in_flight += 1   # parked or running: answered before the connection closes
-            pool = node.pool
-            if self.parked or self.in_flight > node.max_conn_in_flight or pool.busy >= pool.size:
+            if self.parked or workers.busy >= workers.size or self.in_flight > cap:
                 self._park(obj, received, len(body))
                 continue
             self.slots.acquire()

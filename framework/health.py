@@ -6,7 +6,8 @@ with :meth:`Health.record`. Two signals answer it:
 * **Outlier ejection.** Consecutive failures eject a node for a backoff that doubles up to
   ``eject_cap``; one success takes it back. A node whose connect is refused, or whose connection
   died, is ejected at once.
-* **Failure rate.** Every ``window`` seconds, a node that served at least ``min_calls`` calls and
+* **Failure rate.** At the first failure after ``window`` seconds (the window is judged then: a
+  window with no failure needs no judgement), a node that served at least ``min_calls`` calls and
   failed at least ``failure_rate`` of them - and at least twice as often as its peers did - is
   ejected the same way (gRPC's outlier detection, A50, does this by failure percentage). It comes
   back when the backoff ends; if it still fails, the next window ejects it for twice as long. At
@@ -95,16 +96,16 @@ class Health:
         if h is None:
             h = self._nodes.setdefault(address, NodeHealth())
         h.calls += 1
-        if now is None:
-            now = time.monotonic()
         if ok:
             if h.failures:
                 h.success()
-        else:
-            h.failed += 1
-            threshold = 1 if eject_now else self.eject_threshold
-            if h.failure(now, threshold, self.eject_base, self.eject_cap):
-                log.info("ejected node %s for %.1fs", address, h.ejected_until - now)
+            return   # only a failure can make a judgement due: the hot path stays two steps
+        if now is None:
+            now = time.monotonic()
+        h.failed += 1
+        threshold = 1 if eject_now else self.eject_threshold
+        if h.failure(now, threshold, self.eject_base, self.eject_cap):
+            log.info("ejected node %s for %.1fs", address, h.ejected_until - now)
         if now - self._window_start >= self.window:
             self._judge(now)
 

@@ -165,7 +165,7 @@ def test_a_node_failing_far_more_often_than_its_peers_is_ejected_at_the_end_of_a
         health.record("a", i % 3 != 0, now=t)
         health.record("b", True, now=t)
         health.record("c", True, now=t)
-    health.record("b", True, now=t + 1.0)   # the window ends
+    health.record("b", False, now=t + 1.0)  # the first failure after the window judges it
     assert health.rate_ejections == 1
     assert not health.usable("a", t + 1.1) and health.usable("b", t + 1.1)
     assert health.usable("a", t + 1.6)      # back after the first backoff (0.5 s)
@@ -179,7 +179,7 @@ def test_failure_rate_ejection_spares_a_cluster_that_fails_everywhere():
         t += 0.02
         for node in "abc":
             health.record(node, i % 3 != 0, now=t)
-    health.record("a", True, now=t + 1.0)
+    health.record("a", False, now=t + 1.0)
     assert health.rate_ejections == 0
 
 
