@@ -19,7 +19,9 @@ Read from live state at scrape time (nothing on the call path):
 * ``framework_registered`` (1/0), ``framework_registration_grants_total`` (more than 1 means the
   node re-registered), ``framework_registry_failures_total``, ``framework_draining`` - nodes only;
 * ``framework_discovery_nodes{service}`` and ``framework_discovery_resyncs_total{service}`` from
-  the watched cache (a node's own client, or the gateway's).
+  the watched cache (a node's own client, or the gateway's);
+* ``framework_client_retries_refused_total`` and ``framework_client_rate_ejections_total`` from that
+  client's retry budget and node health.
 """
 from __future__ import annotations
 
@@ -121,6 +123,23 @@ class _DiscoveryCollector:
         yield resyncs
 
 
+class _ClientCollector:
+    """What the calling side (a node's own client, or the gateway's) did about unhealthy nodes:
+    retries the budget refused, and nodes ejected for their failure rate, read at scrape time."""
+
+    def __init__(self, client_of: Callable[[], Any]):
+        self.client_of = client_of
+
+    def collect(self):
+        client = self.client_of()
+        yield CounterMetricFamily("framework_client_retries_refused",
+                                  "Retries the retry budget refused (the call failed instead).",
+                                  value=client.budget.refused if client is not None else 0)
+        yield CounterMetricFamily("framework_client_rate_ejections",
+                                  "Nodes ejected for failing far more often than their peers.",
+                                  value=client.health.rate_ejections if client is not None else 0)
+
+
 class _NodeCollector:
     """Registration and lifecycle state of a Server, read at scrape time."""
 
@@ -165,6 +184,7 @@ class NodeMetrics(CallMetrics):
                          in_flight=lambda: _pool_size(getattr(server, "pool", None)))
         self.registry.register(_NodeCollector(server))
         self.registry.register(_DiscoveryCollector(lambda: getattr(server, "discovery", None)))
+        self.registry.register(_ClientCollector(lambda: getattr(server, "client", None)))
 
 
 class GatewayMetrics(CallMetrics):
@@ -177,6 +197,7 @@ class GatewayMetrics(CallMetrics):
         self.http = Counter("framework_gateway_http_responses", "HTTP answers, by status code.",
                             ("status",), registry=self.registry)
         self.registry.register(_DiscoveryCollector(lambda: gateway.client.discovery))
+        self.registry.register(_ClientCollector(lambda: gateway.client))
 
     def started(self) -> None:
         self._in_flight += 1

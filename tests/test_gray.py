@@ -196,3 +196,16 @@ def test_retries_add_at_most_a_tenth_of_the_calls_plus_a_small_floor(etcd, proce
           f"{client.budget.refused}; errors: {kinds}")
     assert load.ok == [] and kinds == {"ServiceUnavailable"}
     assert received <= allowed, (received, allowed)
+
+
+def test_the_gateway_counts_the_retries_its_budget_refused(etcd, processes):
+    for _ in range(2):
+        processes.add(RefusingNode(etcd.endpoint, "Refusing"))
+    gw = processes.start_gateway(etcd.endpoint, "--timeout", "0.5", "--service", "Refusing")
+    refused = lambda: sample(scrape_metrics(gw.address), "framework_client_retries_refused_total")  # noqa
+    assert refused() == 0
+    answers = [gw.post({"jsonrpc": "2.0", "id": i, "method": "Refusing.Get"}) for i in range(60)]
+    statuses = {status for status, _ in answers}
+    print(f"\ngateway in front of two refusing nodes: HTTP {statuses}, retries refused {refused()}")
+    assert statuses == {503}       # no node would take the call: unavailable, never a 500
+    assert refused() >= 1
