@@ -115,9 +115,9 @@ class Health:
         nodes = list(self._nodes.items())
         rates = {a: h.failed / h.calls for a, h in nodes if h.calls >= self.min_calls}
         budget = len(nodes) // 2 - sum(1 for _, h in nodes if not h.usable(now))
+        total, judged = sum(rates.values()), len(rates)
         for address, rate in sorted(rates.items(), key=lambda item: -item[1]):
-            others = [r for a, r in rates.items() if a != address]
-            peers = sum(others) / len(others) if others else 0.0
+            peers = (total - rate) / (judged - 1) if judged > 1 else 0.0   # the others' mean
             h = self._nodes[address]
             if rate >= self.failure_rate and rate >= 2 * peers and budget > 0 and h.usable(now):
                 # a streak of successes between failures must not shorten the next ejection
