@@ -9,6 +9,10 @@ Retry rules (the caller's deadline bounds all of them):
 * the node answered (a result or an application error) -> returned/raised as is, never re-sent;
 * the deadline passed -> :class:`Timeout`.
 
+An idempotent call that is slow to answer is also sent to a second node, and the first answer wins
+(:mod:`framework.hedging`). Retries and hedges together are capped by the retry budget
+(:mod:`framework.budget`).
+
 Nodes that fail repeatedly, or refuse connections, are ejected for a growing backoff and taken back
 after one success; a node that leaves the registry is forgotten.
 """
@@ -23,9 +27,10 @@ from .budget import RetryBudget
 from .discovery import DEFAULT_PREFIX, Discovery
 from .record import Node
 from .errors import (ConnectionLost, InternalError, MethodNotFound, NotSent, Overloaded, RpcError,
-                     ServiceUnavailable, Timeout)
+                     ServiceUnavailable, Timeout, from_error_object)
 from .etcd import EtcdAPI, EtcdConfig
 from .health import Health
+from .hedging import Answers, HedgeDue, Hedging
 from .pool import Pool
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 #: errors a node answers with that count against its health: the framework failed on it (-32603),
 #: or it refused the call as overloaded (a node going away is draining, not failing)
 _NODE_FAILURES = (InternalError, Overloaded)
+# what an attempt's failure means for the call (see Client._judge)
+_RETRY, _ANSWERED, _LOST = "retry", "answered", "lost"
 
 
 class Client:
@@ -49,7 +56,8 @@ class Client:
                  prefix: str = DEFAULT_PREFIX, *, discovery: Optional[Discovery] = None,
                  pool: Optional[Pool] = None, token: Optional[str] = None, tls: Any = None,
                  etcd_client: Optional[EtcdAPI] = None, balancer: Optional[Callable[[], Any]] = None,
-                 retry_budget: Optional[RetryBudget] = None):
+                 retry_budget: Optional[RetryBudget] = None,
+                 hedging: Union[None, bool, Hedging] = None):
         self.timeout = timeout
         #: builds one policy per service (framework.balancer): P2C by default - `make bench` shows it
         #: no slower than RoundRobin on equal nodes and far better when one node is slow
@@ -67,6 +75,10 @@ class Client:
         self.health = Health(self.pool.stalled)
         #: retries add at most 10% of the calls plus 10 a second (framework.budget)
         self.budget = retry_budget or RetryBudget()
+        #: slow idempotent calls get a backup on another node (framework.hedging); False: never
+        self.hedging = None if hedging is False else (
+            Hedging() if hedging is None or hedging is True else hedging)
+        self._tails: Dict[str, Any] = {}   # "Service.method" -> its latency Tail (hedge delay)
         self._balancers: Dict[str, Any] = {}
         # "Service.method" -> (snapshot, candidates, idempotent): recomputed only when the
         # discovery snapshot changes, so a call does no per-node work
@@ -115,8 +127,14 @@ class Client:
         return self.health.usable(node.address, time.monotonic())
 
     def _route(self, method: str, name: str, nodes: Sequence[Node]) -> tuple:
+        """``(snapshot, candidates, idempotent, tail)``: ``tail`` is None when calls to ``method``
+        are never hedged (not idempotent everywhere, a single node, or hedging off)."""
         candidates = tuple(n for n in nodes if n.has_method(name) is not False)
-        route = self._routes[method] = (nodes, candidates, _idempotent(candidates, name))
+        idempotent = _idempotent(candidates, name)
+        tail = None
+        if idempotent and len(candidates) > 1 and self.hedging is not None:
+            tail = self._tails.get(method) or self._tails.setdefault(method, self.hedging.tail())
+        route = self._routes[method] = (nodes, candidates, idempotent, tail)
         return route
 
     def _on_change(self, service: str, added, removed, snapshot) -> None:
@@ -132,7 +150,7 @@ class Client:
     def _call(self, service: str, name: str, method: str, params: Any, timeout: float) -> Any:
         now = time.monotonic()
         deadline = now + timeout
-        discovery, pool, health = self.discovery, self.pool, self.health
+        discovery, pool = self.discovery, self.pool
         balancer = self._balancers.get(service) or self._new_balancer(service)
         tried, last_error, pause = None, None, 0.005   # failed nodes, their error, the next pause
         self.budget.calls += 1
@@ -144,7 +162,7 @@ class Client:
             route = self._routes.get(method)
             if route is None or route[0] is not nodes:
                 route = self._route(method, name, nodes)
-            candidates, idempotent = route[1], route[2]
+            candidates, idempotent, tail = route[1], route[2], route[3]
             if not candidates:
                 self._no_candidates(service, method, nodes)
                 now = time.monotonic()
@@ -155,40 +173,124 @@ class Client:
                 node = fresh[0]  # what pick returns for one node, usable or not
             else:  # when every node is ejected, try one anyway
                 node = balancer.pick(fresh, self._usable) or balancer.pick(fresh)
-            load, ok = balancer.begin(node), False
+            load, ok, conn = balancer.begin(node), False, None
             try:
                 conn = pool.get(node.address, remaining)
                 result = conn.call(method, params, remaining, self.token, pool.stall_after,
-                                   idempotent, deadline)
+                                   idempotent, deadline,
+                                   tail.hedge_at(now, remaining) if tail is not None else 0.0)
                 ok = True
-            except NotSent as exc:
-                health.record(node.address, False, True, now)
-                last_error = exc
-            except ConnectionLost as exc:
-                # a dead connection ejects at once; a stalled node is skipped until it answers
-                health.record(node.address, False, not conn.alive, now)
-                if not idempotent:
-                    raise
-                last_error = exc
-            except Timeout:
-                health.record(node.address, False, False, now)
-                raise
+            except HedgeDue as due:
+                ok, result = self._race(due, node, route, method, params, deadline, balancer, now)
+                if ok is not None:
+                    return result
+                last_error = result
             except RpcError as exc:
-                # a handler's error is an answer; _NODE_FAILURES are the node's own failures
-                health.record(node.address, type(exc) not in _NODE_FAILURES, False, now)
-                if not exc.not_processed:
-                    ok = True  # the node answered: for balancing, a success
+                verdict = self._judge(node.address, exc, conn, idempotent, now)
+                ok = verdict is _ANSWERED   # for balancing, an answer is a success
+                if verdict is not _RETRY:
                     raise
-                last_error = exc  # going away / overloaded: the node did not run it
+                last_error = exc
             else:
-                health.record(node.address, True, False, now)
+                self.health.record(node.address, True, False, now)
                 return result
             finally:
                 ended = time.monotonic()
-                balancer.end(load, ended - now, ok, ended)
+                balancer.end(load, ended - now, bool(ok), ended)
+                if ok and tail is not None:
+                    tail.add(ended - now, ended)
             tried, pause = self._before_retry(tried, node.address, len(candidates), pause,
                                               deadline, last_error)
             now = time.monotonic()
+
+    def _judge(self, address: str, exc: RpcError, conn: Any, idempotent: bool,
+               now: float) -> str:
+        """An attempt on ``address`` failed with ``exc``: record it in the node's health, and say
+        what it means for the call - ``_RETRY`` (re-send it elsewhere), ``_ANSWERED`` (the node
+        answered with an error: raise it) or ``_LOST`` (raise it)."""
+        health = self.health
+        if isinstance(exc, NotSent):
+            health.record(address, False, True, now)
+            return _RETRY
+        if isinstance(exc, ConnectionLost):
+            # a dead connection ejects at once; a stalled node is skipped until it answers
+            health.record(address, False, conn is not None and not conn.alive, now)
+            return _RETRY if idempotent else _LOST
+        if isinstance(exc, Timeout):
+            health.record(address, False, False, now)
+            return _LOST
+        # a handler's error is an answer; _NODE_FAILURES are the node's own failures
+        health.record(address, type(exc) not in _NODE_FAILURES, False, now)
+        return _RETRY if exc.not_processed else _ANSWERED  # going away / overloaded: not run
+
+    def _race(self, due: HedgeDue, node: Node, route: tuple, method: str, params: Any,
+              deadline: float, balancer: Any, started: float) -> Tuple[Optional[bool], Any]:
+        """``node`` has not answered ``method`` by its hedge time: send a backup to another node
+        and take the first answer. Returns ``(True, result)`` when ``node`` answered first,
+        ``(False, result)`` when the backup did, ``(None, error)`` when both failed in a way that
+        allows a retry; raises what the caller should see otherwise."""
+        answers = Answers(due.conn.green)
+        due.conn.follow(due, answers.slot(0))
+        attempts = {0: (node, due.conn, due.rid, None)}
+        backup = self._backup(answers, node, route[1], method, params, deadline, balancer)
+        if backup is not None:
+            attempts[1] = backup
+        error: Optional[RpcError] = None
+        try:
+            while attempts:
+                got = answers.wait(deadline - time.monotonic())
+                if got is None:   # threaded world: nothing delivers a Timeout, the wait ends
+                    raise Timeout(f"{method}: deadline passed")
+                tag, value = got
+                attempt = attempts.pop(tag, None)
+                if attempt is None:
+                    continue   # a second copy of an answer
+                anode, conn, _, load = attempt
+                now = time.monotonic()
+                if load is not None:
+                    balancer.end(load, now - started, type(value) is dict, now)
+                if type(value) is dict and "error" not in value:
+                    self.health.record(anode.address, True, False, now)
+                    if tag:   # (the caller records a primary's answer)
+                        route[3].add(now - started, now)
+                        self._primary_lost(node, due.conn, now)
+                    return tag == 0, value.get("result")
+                exc = value if isinstance(value, RpcError) else from_error_object(value["error"])
+                if self._judge(anode.address, exc, conn, True, now) is not _RETRY:
+                    raise exc
+                error = exc
+            return None, error
+        finally:
+            for _, conn, rid, load in attempts.values():   # the losers
+                conn.cancel(rid)
+                if load is not None:
+                    balancer.end(load, time.monotonic() - started, True)
+
+    def _backup(self, answers: Answers, node: Node, candidates: Sequence[Node], method: str,
+                params: Any, deadline: float, balancer: Any) -> Optional[tuple]:
+        """Send the hedge to a usable node other than ``node``, if the budget allows one."""
+        others = [n for n in candidates if n is not node]
+        other = balancer.pick(others, self._usable)
+        now = time.monotonic()
+        if other is None or not self.budget.withdraw(now):
+            return None
+        load = balancer.begin(other)
+        try:
+            conn = self.pool.get(other.address, deadline - now)
+            rid = conn.start(method, params, deadline - now, self.token, deadline,
+                             self.pool.stall_after, answers.slot(1))
+        except NotSent:
+            self.health.record(other.address, False, True, now)
+            balancer.end(load, 0.0, False, now)
+            return None
+        self.hedging.sent += 1
+        return other, conn, rid, load
+
+    def _primary_lost(self, node: Node, conn: Any, now: float) -> None:
+        """The backup answered first: ``node`` was slow this time; a ping tells if it is frozen."""
+        self.hedging.won += 1
+        self.health.record(node.address, False, False, now)
+        conn.probe()
 
     def _before_retry(self, tried: Optional[set], address: str, candidates: int, pause: float,
                       deadline: float, last_error: Optional[RpcError]) -> Tuple[set, float]:

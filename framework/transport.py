@@ -8,6 +8,10 @@ the errors of :mod:`framework.errors` here and nowhere else:
 * broke after the request was written -> :class:`ConnectionLost` (the node may have run it);
 * no answer in time -> :class:`Timeout`.
 
+A call may also be given a hedge time (:mod:`framework.hedging`): if it has no answer by then it
+raises :class:`HedgeDue` and stays in flight, so the caller can send a backup elsewhere and take
+whichever answer comes first (:meth:`Connection.follow`, :meth:`Connection.start`).
+
 Any failure of the reader - a broken socket, a frame it cannot parse, an answer it cannot match -
 marks the connection dead and fails every call in flight on it, so it is never used again. Writes
 never hold a caller (:mod:`framework.writing`): a node that stops reading costs its callers no more
@@ -15,9 +19,8 @@ than their deadlines, and after ``write_stall`` seconds without progress the con
 
 Like discovery, it uses the process's own ``socket`` and ``threading`` modules, so it works with OS
 threads in a plain program and with greenlets in a gevent-patched one. In a gevent-patched process a
-waiting call costs a ``gevent`` Waiter and nothing else: one sweeper greenlet per connection fails
-the calls whose deadline passed and checks the node's liveness, instead of a timer per call. In a
-plain program each call waits on its own ``threading.Event`` with a timeout.
+waiting call costs a ``gevent`` Waiter and nothing else, and a :class:`~framework.sweeper.Sweeper`
+enforces deadlines; in a plain program each call waits on its own ``threading.Event``.
 """
 from __future__ import annotations
 
@@ -35,24 +38,34 @@ from gevent.hub import Waiter as _Waiter
 
 from . import protocol
 from .errors import ConnectionLost, NotSent, ProtocolError, RpcError, Timeout, from_error_object
+from .hedging import HedgeDue
+from .sweeper import Sweeper
 from .writing import FrameWriter
 
 log = logging.getLogger(__name__)
 
 
 class _Pending:
-    __slots__ = ("event", "response")
+    """Threaded world: where a waiting call's answer goes (``forward``: and then on to a race)."""
+
+    __slots__ = ("event", "response", "forward")
 
     def __init__(self):
         self.event = threading.Event()
         self.response: Any = None
+        self.forward: Any = None
+
+    def switch(self, value: Any) -> None:
+        self.response = value
+        self.event.set()
+        if self.forward is not None:
+            self.forward.switch(value)
 
 
 class Connection:
     """A client connection to one node. Create with :meth:`open`."""
 
-    # gevent world only: the sweeper greenlet and its wake-up (see _sweep)
-    _hub: Any = None
+    _hub: Any = None         # gevent world only: the hub, and the connection's Sweeper
     _sweeper: Any = None
     _pack = staticmethod(protocol.request_packer(one_thread=False))
 
@@ -70,14 +83,11 @@ class Connection:
         self._send = self._writer.send
         self.last_recv = time.monotonic()
         self._ping_sent = 0.0       # when the outstanding liveness ping was sent (0: none)
-        self._stall_after = 0.0
         if _green_threads():
             # calls wait on gevent Waiters: ``_pending`` maps id -> (waiter, deadline, timeout,
-            # abandon_on_stall), and one sweeper per connection enforces the deadlines
-            import gevent.event
+            # abandon_on_stall, hedge_at), and one sweeper per connection enforces the deadlines
             self._hub = gevent.get_hub()
-            self._wake_at = math.inf        # when the sweeper wakes next (inf: when kicked)
-            self._kick = gevent.event.Event()
+            self._sweeper = Sweeper(self)
             self._pack = protocol.request_packer()   # callers share this OS thread
         self._reader = threading.Thread(target=self._read_loop, name=f"framework-conn-{address}",
                                         daemon=True)
@@ -97,6 +107,11 @@ class Connection:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(address, sock, max_frame, write_stall)
+
+    @property
+    def green(self) -> bool:
+        """True in a gevent-patched process: answers are handed over in the hub."""
+        return self._hub is not None
 
     @property
     def in_flight(self) -> int:
@@ -120,13 +135,14 @@ class Connection:
 
     def call(self, method: str, params: Any, timeout: float, token: Optional[str] = None,
              stall_after: float = 0.0, abandon_on_stall: bool = False,
-             deadline: Optional[float] = None) -> Any:
+             deadline: Optional[float] = None, hedge_at: float = 0.0) -> Any:
         """Send one request and wait for its result (or raise its error). ``deadline``: the
         ``time.monotonic()`` value ``timeout`` ends at, when the caller already has it.
 
         With ``stall_after``, a call that has waited that long checks the node's liveness with a
         ping; if the ping goes unanswered as long again and ``abandon_on_stall`` (the method is
-        idempotent), the call is abandoned with ConnectionLost so the caller can re-send it."""
+        idempotent), the call is abandoned with ConnectionLost so the caller can re-send it.
+        With ``hedge_at`` (a monotonic time), a call unanswered by then raises HedgeDue."""
         if not self.alive or not self.accepting:
             raise NotSent(f"connection to {self.address} is closed")
         rid = next(self._ids)
@@ -134,24 +150,15 @@ class Connection:
         if deadline is None:
             deadline = time.monotonic() + timeout
         if self._hub is not None:
-            return self._call_green(rid, frame, timeout, deadline, stall_after, abandon_on_stall)
+            return self._call_green(rid, frame, timeout, deadline, stall_after, abandon_on_stall,
+                                    hedge_at or math.inf)
         pending = _Pending()
         self._pending[rid] = pending
         self._send_request(rid, frame)
-        if not stall_after:
+        if not stall_after and not hedge_at:
             done = pending.event.wait(timeout)
         else:
-            end = deadline
-            while not (done := pending.event.wait(
-                    min(stall_after / 2, max(0.0, end - time.monotonic())))):
-                now = time.monotonic()
-                if now >= end:
-                    break
-                self._check_liveness(now, stall_after)
-                if abandon_on_stall and self.stalled(now, stall_after):
-                    self._pending.pop(rid, None)
-                    raise ConnectionLost(f"{self.address} stopped answering (no reply to a ping "
-                                         f"in {stall_after:.2f}s)")
+            done = self._wait(rid, pending, deadline, stall_after, abandon_on_stall, hedge_at)
         if not done:
             self._pending.pop(rid, None)
             self._retire_if_idle()
@@ -163,6 +170,64 @@ class Connection:
             raise from_error_object(response["error"])
         return response.get("result")
 
+    def _wait(self, rid: int, pending: _Pending, end: float, stall_after: float,
+              abandon_on_stall: bool, hedge_at: float) -> bool:
+        """Threaded world: wait for ``pending`` while checking liveness and the hedge time."""
+        while True:
+            now = time.monotonic()
+            wake = min(end, now + stall_after / 2 if stall_after else end, hedge_at or end)
+            if pending.event.wait(max(0.0, wake - now)):
+                return True
+            now = time.monotonic()
+            if now >= end:
+                return False
+            if hedge_at and now >= hedge_at:
+                raise HedgeDue(self, rid, pending)
+            if stall_after:
+                self._check_liveness(now, stall_after)
+                if abandon_on_stall and self.stalled(now, stall_after):
+                    self._pending.pop(rid, None)
+                    raise ConnectionLost(f"{self.address} stopped answering (no reply to a ping "
+                                         f"in {stall_after:.2f}s)")
+
+    def start(self, method: str, params: Any, timeout: float, token: Optional[str],
+              deadline: float, stall_after: float, slot: Any) -> int:
+        """Send a request whose answer (or error) goes to ``slot.switch``, without waiting: a
+        hedge. Returns its id, for :meth:`cancel`."""
+        if not self.alive or not self.accepting:
+            raise NotSent(f"connection to {self.address} is closed")
+        rid = next(self._ids)
+        frame = self._pack(rid, method, params, int(timeout * 1000), token)
+        if self._hub is not None:
+            self._pending[rid] = (slot, deadline, timeout, True, math.inf)
+            self._sweeper.due(deadline, stall_after)
+        else:
+            self._pending[rid] = slot
+        self._send_request(rid, frame)
+        return rid
+
+    def follow(self, due: HedgeDue, slot: Any) -> None:
+        """From now on, send the answer of the call that raised ``due`` to ``slot.switch``."""
+        if self._hub is None:
+            due.handle.forward = slot
+            if due.handle.event.is_set():   # it came meanwhile (a second copy is ignored)
+                slot.switch(due.handle.response)
+            return
+        entry = self._pending.get(due.rid)
+        if entry is not None:
+            self._pending[due.rid] = (slot,) + entry[1:]
+        else:   # the answer is already on its way to the call's waiter
+            slot.switch(due.handle.get())
+
+    def cancel(self, rid: int) -> None:
+        """Stop waiting for call ``rid`` (a late answer is dropped)."""
+        if self._pending.pop(rid, None) is not None:
+            self._retire_if_idle()
+
+    def probe(self) -> None:
+        """Ping the node now, unless a ping is out: it is stalled if none comes back."""
+        self._check_liveness(time.monotonic(), 0.0)
+
     def _send_request(self, rid: int, frame: bytes) -> None:
         try:
             self._send(rid, frame)
@@ -171,15 +236,17 @@ class Connection:
             self._fail(exc)
 
     def _call_green(self, rid: int, frame: bytes, timeout: float, deadline: float,
-                    stall_after: float, abandon_on_stall: bool) -> Any:
+                    stall_after: float, abandon_on_stall: bool, hedge_at: float) -> Any:
         waiter = _Waiter(self._hub)
-        self._pending[rid] = (waiter, deadline, timeout, abandon_on_stall)
-        self._stall_after = stall_after
-        if deadline < self._wake_at:
-            self._wake_sweeper(deadline)
+        self._pending[rid] = (waiter, deadline, timeout, abandon_on_stall, hedge_at)
+        sweeper = self._sweeper
+        sweeper.stall_after = stall_after
+        due = hedge_at if hedge_at < deadline else deadline
+        if due < sweeper.wake_at:
+            sweeper.wake(due)
         self._send_request(rid, frame)
         try:
-            # the reader, the sweeper (deadline, stall) or _fail hands over the answer
+            # the reader, the sweeper (deadline, stall, hedge time) or _fail hands over the answer
             response = waiter.get()
         except BaseException:  # this caller was killed or timed out by its own code
             self._pending.pop(rid, None)
@@ -189,58 +256,6 @@ class Connection:
                 raise from_error_object(response["error"])
             return response.get("result")
         raise response
-
-    def _wake_sweeper(self, at: float) -> None:
-        self._wake_at = at
-        if self._sweeper is None:
-            self._sweeper = gevent.spawn(self._sweep)
-        else:
-            self._kick.set()
-
-    def _sweep(self) -> None:
-        """gevent world: fail calls whose deadline passed, ping a silent node while calls wait, and
-        abandon idempotent calls to a node that left its ping unanswered. Sleeps until the earliest
-        deadline or the next liveness check, or until a call with an earlier deadline kicks it."""
-        kick, pending = self._kick, self._pending
-        deliver = self._hub.loop.run_callback
-        while self.alive:
-            kick.clear()
-            now = time.monotonic()
-            wake = oldest = math.inf
-            expired = []
-            for rid, entry in list(pending.items()):
-                if entry[1] <= now:
-                    expired.append(rid)
-                else:
-                    wake = min(wake, entry[1])
-                    oldest = min(oldest, entry[1] - entry[2])
-            for rid in expired:
-                entry = pending.pop(rid, None)
-                if entry is not None:
-                    deliver(entry[0].switch, Timeout(
-                        f"no answer from {self.address} within {entry[2]:.3f}s"))
-            if expired:
-                self._retire_if_idle()
-            stall = self._stall_after
-            if stall and oldest < math.inf:
-                # as in the threaded world: a call that has waited stall/2 checks liveness
-                if now - oldest >= stall / 2:
-                    self._check_liveness(now, stall)
-                    if self.stalled(now, stall):
-                        self._abandon(stall)
-                    wake = min(wake, now + stall / 2)
-                else:
-                    wake = min(wake, oldest + stall / 2)
-            self._wake_at = wake
-            kick.wait(None if wake == math.inf else max(0.0, wake - time.monotonic()))
-        self._sweeper = None
-
-    def _abandon(self, stall: float) -> None:
-        deliver = self._hub.loop.run_callback
-        for rid, entry in list(self._pending.items()):
-            if entry[3] and self._pending.pop(rid, None) is not None:
-                deliver(entry[0].switch, ConnectionLost(
-                    f"{self.address} stopped answering (no reply to a ping in {stall:.2f}s)"))
 
     def _read_loop(self) -> None:
         reader = protocol.FrameReader(self.max_frame)
@@ -265,8 +280,7 @@ class Connection:
                         if green:
                             deliver(pending[0].switch, msg)
                         else:
-                            pending.response = msg
-                            pending.event.set()
+                            pending.switch(msg)
                     elif msg.get("method") == protocol.GOAWAY:
                         log.info("node %s is going away", self.address)
                         self.accepting = False
@@ -299,10 +313,9 @@ class Connection:
             if self._hub is not None:
                 self._hub.loop.run_callback(pending[0].switch, exc)
             else:
-                pending.response = exc
-                pending.event.set()
+                pending.switch(exc)
         if self._sweeper is not None:
-            self._kick.set()  # it sees the connection dead and ends
+            self._sweeper.kick.set()  # it sees the connection dead and ends
 
     def retire(self) -> None:
         """Take no new calls; close once the calls in flight have their answers."""

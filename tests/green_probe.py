@@ -2,7 +2,8 @@
 
 There a waiting call holds a gevent Waiter, and one sweeper greenlet per connection enforces the
 deadlines and the liveness check. Prints one JSON line per phase; after ``"phase": "freeze"`` the
-test SIGSTOPs one of the two nodes while 16 greenlets keep calling the idempotent ``Hello``.
+test SIGSTOPs one of the two nodes while 16 greenlets keep calling the idempotent ``Hello`` with a
+0.5 s timeout.
 """
 from gevent import monkey
 
@@ -47,13 +48,15 @@ def main():
     # two nodes now; one is frozen while the callers run
     wait_until(lambda: len(client.nodes("HelloService")) == 2, timeout=10)
     # 16 callers for 6 s (patched, the load's threads are greenlets)
-    with Load(lambda: client.HelloService.Hello("x"), callers=16) as load:
+    # at a 0.5 s timeout: the calls stuck on the frozen node are hedged to the other one
+    with Load(lambda: client.call("HelloService.Hello", ["x"], timeout=0.5), callers=16) as load:
         gevent.sleep(1)
         print(json.dumps({"phase": "freeze"}), flush=True)
         gevent.sleep(5)   # the rest of the 6 s window, not a wait for a condition
     print(json.dumps({"phase": "done", "calls": len(load.ok),
                       "errors": [e.value for e in load.errors[:5]],
-                      "max_latency": max(r.seconds for r in load.ok)}), flush=True)
+                      "max_latency": max(r.seconds for r in load.ok + load.errors),
+                      "hedges": client.hedging.sent}), flush=True)
 
 
 if __name__ == "__main__":

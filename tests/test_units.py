@@ -196,3 +196,24 @@ def test_retry_budget_allows_a_tenth_of_the_calls_plus_a_floor_and_saves_up_for_
     budget.calls += 5000           # 500 retries earned, 10 more by the floor: a busy client's
     assert sum(budget.withdraw(t + 2.0) for _ in range(1000)) == 510   # savings pass the burst
     assert budget.refused == (30 - 20) + (30 - 10) + (30 - 10) + (1000 - 510)
+
+
+def test_hedge_delay_follows_the_recent_p99_with_a_floor_and_half_the_time_left():
+    from framework.hedging import Hedging
+    policy = Hedging(quantile=0.99, floor=0.0015, window=1.0, min_samples=20)
+    tail = policy.tail()
+    assert tail.hedge_at(100.0, 0.5) == 100.25, "no estimate yet: half the time left"
+    now = 100.0
+    for i in range(1000):   # 1% of the calls take 80 ms, the rest 2 ms: the p99 is 2 ms
+        tail.add(0.080 if i % 100 == 0 else 0.002, now)
+        now += 0.0005
+    assert 0.002 <= tail.delay < 0.0025, tail.delay
+    for i in range(3000):   # then 5% are slow: the p99 moves up to them within a few windows
+        tail.add(0.080 if i % 20 == 0 else 0.002, now)
+        now += 0.001
+    assert 0.08 <= tail.delay < 0.1, tail.delay
+    assert tail.hedge_at(now, 0.1) == now + 0.05, "never later than half the time left"
+    for _ in range(10000):   # all fast again: within 10 windows the estimate forgets them
+        tail.add(0.0005, now)
+        now += 0.001
+    assert tail.delay == 0.0015, "the floor"

@@ -1,0 +1,104 @@
+"""The sweeper: deadlines, hedge times and liveness checks for the calls in flight on one
+:class:`~framework.transport.Connection`, in a gevent-patched process.
+
+There a waiting call costs a gevent Waiter and nothing else - no timer per call. Each connection
+has one sweeper greenlet that wakes at the earliest moment one of its calls is due, and hands the
+call its outcome through the hub, as the connection's reader hands over answers. (In a plain
+program each call waits on its own ``threading.Event`` with a timeout instead.)
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import gevent
+import gevent.event
+
+from .errors import ConnectionLost, Timeout
+from .hedging import HedgeDue
+
+
+class Sweeper:
+    """gevent world: one greenlet per connection fails the calls whose deadline passed, tells calls
+    their hedge time came, pings a silent node while calls wait, and abandons idempotent calls to a
+    node that left its ping unanswered. It sleeps until the earliest deadline, hedge time or
+    liveness check, or until a call that is due earlier kicks it: no timer per call."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self.wake_at = math.inf       # when it wakes next (inf: when kicked)
+        self.kick = gevent.event.Event()
+        self.greenlet: Any = None
+        self.stall_after = 0.0        # the calls' stall_after (see Connection.call)
+
+    def due(self, at: float, stall_after: float) -> None:
+        """A call is due at ``at`` (its deadline or hedge time)."""
+        self.stall_after = stall_after
+        if at < self.wake_at:
+            self.wake(at)
+
+    def wake(self, at: float) -> None:
+        self.wake_at = at
+        if self.greenlet is None:
+            self.greenlet = gevent.spawn(self._run)
+        else:
+            self.kick.set()
+
+    def _run(self) -> None:
+        conn, kick = self.conn, self.kick
+        while conn.alive:
+            kick.clear()
+            now = time.monotonic()
+            wake = self._sweep(now)
+            self.wake_at = wake
+            kick.wait(None if wake == math.inf else max(0.0, wake - time.monotonic()))
+        self.greenlet = None
+
+    def _sweep(self, now: float) -> float:
+        """One pass over the calls in flight; returns when the next pass is due."""
+        conn, pending = self.conn, self.conn._pending
+        deliver = conn._hub.loop.run_callback
+        wake = oldest = math.inf
+        expired, due = [], []
+        for rid, entry in list(pending.items()):
+            if entry[1] <= now:
+                expired.append(rid)
+                continue
+            wake = min(wake, entry[1])
+            oldest = min(oldest, entry[1] - entry[2])
+            if entry[4] <= now:
+                due.append(rid)
+            elif entry[4] < wake:
+                wake = entry[4]
+        for rid in due:   # still waiting at its hedge time: the caller decides (it stays pending)
+            entry = pending[rid]
+            pending[rid] = entry[:4] + (math.inf,)
+            deliver(entry[0].switch, HedgeDue(conn, rid, entry[0]))
+        for rid in expired:
+            entry = pending.pop(rid, None)
+            if entry is not None:
+                deliver(entry[0].switch, Timeout(
+                    f"no answer from {conn.address} within {entry[2]:.3f}s"))
+        if expired:
+            conn._retire_if_idle()
+        stall = self.stall_after
+        if stall and oldest < math.inf:
+            # as in the threaded world: a call that has waited stall/2 checks liveness
+            if now - oldest >= stall / 2:
+                conn._check_liveness(now, stall)
+                if conn.stalled(now, stall):
+                    self._abandon(stall)
+                wake = min(wake, now + stall / 2)
+            else:
+                wake = min(wake, oldest + stall / 2)
+        return wake
+
+    def _abandon(self, stall: float) -> None:
+        conn = self.conn
+        deliver = conn._hub.loop.run_callback
+        for rid, entry in list(conn._pending.items()):
+            if entry[3] and conn._pending.pop(rid, None) is not None:
+                deliver(entry[0].switch, ConnectionLost(
+                    f"{conn.address} stopped answering (no reply to a ping in {stall:.2f}s)"))
+
