@@ -1,7 +1,8 @@
 """Quick A/B check while tuning: the framework against the bare baseline only, no peers, no files.
 
-``python -m bench.quick [--rounds 3] [--seconds 2] [--callers 1,64] [--keep]`` starts etcd, one
-``demo_hello`` node and the baseline server, runs interleaved rounds of ``bench.load`` for both, and
+``python -m bench.quick [--rounds 3] [--seconds 2] [--callers 1,64] [--nodes 1] [--keep]`` starts
+etcd, ``--nodes`` ``demo_hello`` nodes (2 or more: the client's hedging path is live; server CPU is
+then the first node's) and the baseline server, runs interleaved rounds of ``bench.load`` for both, and
 prints per-round and median calls/s, CPU µs per call (client / server) and the ratios. It writes
 nothing (``make bench`` is the record); with ``--keep`` it leaves the servers up and prints their
 addresses and pids, for a profiler, until interrupted (SIGINT or SIGTERM).
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--callers", default="1,64")
     p.add_argument("--systems", default="framework,baseline")
+    p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="leave the servers up for a profiler")
     args = p.parse_args(argv)
     callers = tuple(int(c) for c in args.callers.split(","))
@@ -32,7 +34,8 @@ def main(argv=None) -> int:
     group = ProcessGroup()
     try:
         etcd = group.add(EtcdProcess().start())
-        node = group.add(NodeProcess("demo_hello.service", etcd.endpoint, ttl=10, cwd=ROOT).start())
+        node = [group.add(NodeProcess("demo_hello.service", etcd.endpoint, ttl=10, cwd=ROOT).start())
+                for _ in range(args.nodes)][0]
         served = group.add(Served([PY, "-m", "bench.baseline", "serve"]))
         targets = {"framework": etcd.endpoint, "baseline": served.port}
         pids = {"framework": node.pid, "baseline": served.proc.pid}

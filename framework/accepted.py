@@ -12,6 +12,8 @@ their answers are written back as they complete (out of order), coalesced:
   taken for a frozen one. A starter greenlet runs the parked requests in order as slots come
   free. Once ``max_parked`` requests (or ``max_parked_bytes``) wait, the reader stops reading,
   and TCP pushes back on the sender.
+* **Shedding.** A request that would wait too long for a worker is refused at once with
+  ``Overloaded`` (the node's :class:`~framework.shedding.Shedder` sets how many may wait).
 * **Lone requests run in the reader.** With nothing else in flight on the connection and no call
   waiting for a worker, the request runs in the reader itself, which saves the hand-off to a worker
   (two greenlet switches and a hub turn). Should it block, the hub runs :meth:`_take_over` meanwhile
@@ -35,7 +37,7 @@ import gevent.event
 import gevent.lock
 
 from . import protocol
-from .errors import GoingAway, InternalError, ParseError, ProtocolError
+from .errors import GoingAway, InternalError, Overloaded, ParseError, ProtocolError
 from .writing import send_within, sender
 
 log = logging.getLogger(__name__)
@@ -141,10 +143,13 @@ class AcceptedConnection:
                 self._reject(exc)
                 return False
             if type(obj) is dict and obj.get("method") == protocol.PING:
-                self.send(protocol.PONG_FRAME)  # liveness: answered here, even when busy
+                self.send_now(protocol.PONG_FRAME)  # liveness: answered here, even when busy
                 continue
             if node.going_away:
-                self._refuse(obj)
+                self._refuse(obj, GoingAway("node is shutting down; call not processed"))
+                continue
+            if len(self.queued) >= node.shedder.limit:   # it would wait too long: refused now
+                self._shed(obj)
                 continue
             if not self.in_flight:
                 self.idle.clear()
@@ -176,12 +181,17 @@ class AcceptedConnection:
 
     def _start_parked(self) -> None:
         """The starter: run the parked requests in order, each as soon as it gets its slots."""
-        parked, pool = self.parked, self.node.pool
+        parked, pool, shedder = self.parked, self.node.pool, self.node.shedder
         try:
             while parked and not self.closed:
                 obj, received, size = parked[0]
                 self.slots.acquire()
-                pool.submit(self.run, obj, received)   # blocks while the node's workers are full
+                if len(self.queued) >= shedder.limit:   # it waited, and would wait on: refused
+                    self.slots.release()
+                    self.in_flight -= 1
+                    self._shed(obj)
+                else:
+                    pool.submit(self.run, obj, received)   # blocks while the workers are full
                 parked.popleft()
                 self.parked_bytes -= size
                 self.unparked.set()
@@ -254,11 +264,14 @@ class AcceptedConnection:
         except OSError:
             pass
 
-    def _refuse(self, obj: Any) -> None:
+    def _refuse(self, obj: Any, exc: Exception) -> None:   # "not processed": the call never ran
         rid = obj.get("id") if isinstance(obj, dict) else None
         if rid is not None:
-            self.send(protocol.pack(protocol.error_response(
-                rid, GoingAway("node is shutting down; call not processed"))))
+            self.send_now(protocol.pack(protocol.error_response(rid, exc)))
+
+    def _shed(self, obj: Any) -> None:
+        self.node.shedder.shed += 1
+        self._refuse(obj, Overloaded("node overloaded; call not processed"))
 
     # ---- writing ---------------------------------------------------------------------------------
 
@@ -287,6 +300,17 @@ class AcceptedConnection:
         finally:
             self.flushing = False
             self.drained.set()
+
+    def send_now(self, frame: bytes) -> None:
+        """Queue ``frame`` and write it now, without yielding: the reader's own answers (pongs,
+        refusals) must not wait for the calls it queued (a running flush sends it instead)."""
+        self.out.append(frame)
+        self.out_bytes += len(frame)
+        if not self.flushing and self.write_lock.acquire(blocking=False):
+            try:
+                self._write()
+            finally:
+                self.write_lock.release()
 
     def _write(self) -> None:
         out = self.out

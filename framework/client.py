@@ -153,7 +153,6 @@ class Client:
         discovery, pool = self.discovery, self.pool
         balancer = self._balancers.get(service) or self._new_balancer(service)
         tried, last_error, pause = None, None, 0.005   # failed nodes, their error, the next pause
-        self.budget.calls += 1
         while True:
             remaining = deadline - now
             if remaining <= 0:
@@ -173,12 +172,14 @@ class Client:
                 node = fresh[0]  # what pick returns for one node, usable or not
             else:  # when every node is ejected, try one anyway
                 node = balancer.pick(fresh, self._usable) or balancer.pick(fresh)
+            hedge_at = 0.0   # Tail.hedge_at, inlined
+            if tail is not None:
+                hedge_at = now + (tail.delay if tail.delay < remaining * 0.5 else remaining * 0.5)
             load, ok, conn = balancer.begin(node), False, None
             try:
                 conn = pool.get(node.address, remaining)
                 result = conn.call(method, params, remaining, self.token, pool.stall_after,
-                                   idempotent, deadline,
-                                   tail.hedge_at(now, remaining) if tail is not None else 0.0)
+                                   idempotent, deadline, hedge_at)
                 ok = True
             except HedgeDue as due:
                 ok, result = self._race(due, node, route, method, params, deadline, balancer, now)
@@ -197,8 +198,10 @@ class Client:
             finally:
                 ended = time.monotonic()
                 balancer.end(load, ended - now, bool(ok), ended)
-                if ok and tail is not None:
-                    tail.add(ended - now, ended)
+                if ok:   # the node answered: it earns the budget its share of a retry
+                    self.budget.calls += 1
+                    if tail is not None:
+                        tail.add(ended - now, ended)
             tried, pause = self._before_retry(tried, node.address, len(candidates), pause,
                                               deadline, last_error)
             now = time.monotonic()
@@ -220,7 +223,8 @@ class Client:
             health.record(address, False, False, now)
             return _LOST
         # a handler's error is an answer; _NODE_FAILURES are the node's own failures
-        health.record(address, type(exc) not in _NODE_FAILURES, False, now)
+        health.record(address, type(exc) not in _NODE_FAILURES, False, now,
+                      type(exc) is not Overloaded)
         return _RETRY if exc.not_processed else _ANSWERED  # going away / overloaded: not run
 
     def _race(self, due: HedgeDue, node: Node, route: tuple, method: str, params: Any,
@@ -229,10 +233,19 @@ class Client:
         and take the first answer. Returns ``(True, result)`` when ``node`` answered first,
         ``(False, result)`` when the backup did, ``(None, error)`` when both failed in a way that
         allows a retry; raises what the caller should see otherwise."""
+        others = [n for n in route[1] if n is not node]
+        other = balancer.pick(others, self._usable)
+        if other is None or not self.budget.withdraw(time.monotonic(), hedge=True):
+            try:   # no backup: wait on for the first node
+                return True, due.conn.resume(due, deadline)
+            except RpcError as exc:
+                if self._judge(node.address, exc, due.conn, True, time.monotonic()) is not _RETRY:
+                    raise
+                return None, exc
         answers = Answers(due.conn.green)
         due.conn.follow(due, answers.slot(0))
         attempts = {0: (node, due.conn, due.rid, None)}
-        backup = self._backup(answers, node, route[1], method, params, deadline, balancer)
+        backup = self._backup(answers, other, method, params, deadline, balancer)
         if backup is not None:
             attempts[1] = backup
         error: Optional[RpcError] = None
@@ -253,6 +266,7 @@ class Client:
                     self.health.record(anode.address, True, False, now)
                     if tag:   # (the caller records a primary's answer)
                         route[3].add(now - started, now)
+                        self.budget.calls += 1
                         self._primary_lost(node, due.conn, now)
                     return tag == 0, value.get("result")
                 exc = value if isinstance(value, RpcError) else from_error_object(value["error"])
@@ -266,14 +280,10 @@ class Client:
                 if load is not None:
                     balancer.end(load, time.monotonic() - started, True)
 
-    def _backup(self, answers: Answers, node: Node, candidates: Sequence[Node], method: str,
-                params: Any, deadline: float, balancer: Any) -> Optional[tuple]:
-        """Send the hedge to a usable node other than ``node``, if the budget allows one."""
-        others = [n for n in candidates if n is not node]
-        other = balancer.pick(others, self._usable)
+    def _backup(self, answers: Answers, other: Node, method: str, params: Any, deadline: float,
+                balancer: Any) -> Optional[tuple]:
+        """Send the hedge to ``other``; None when it could not be sent."""
         now = time.monotonic()
-        if other is None or not self.budget.withdraw(now):
-            return None
         load = balancer.begin(other)
         try:
             conn = self.pool.get(other.address, deadline - now)

@@ -23,15 +23,20 @@ _NO_META: dict = {}   # shared, never written
 class Dispatcher:
     """Maps ``"Service.method"`` to a bound handler and runs it.
 
-    ``observe(service, method, outcome, seconds)`` is called after each call (metrics hook).
+    ``observe(service, method, outcome, seconds)`` is called after each call (metrics hook);
+    ``started(received, started)`` as each call read at ``received`` starts (the node's
+    :class:`~framework.shedding.Shedder`). A call whose deadline passed before it started does
+    not start: it is observed with the outcome ``"expired"``.
     """
 
     def __init__(self, instances: Iterable[Any], token: Optional[str] = None,
-                 observe: Optional[Callable[[str, str, str, float], None]] = None):
+                 observe: Optional[Callable[[str, str, str, float], None]] = None,
+                 started: Optional[Callable[[float, float], None]] = None):
         self.table: Dict[str, Tuple[MethodSpec, Callable, str, Optional[Tuple[int, float]]]] = {}
         self.token = token
         self._token = token.encode() if token is not None else b""
         self.observe = observe
+        self.started = started
         for instance in instances:
             spec = spec_of(type(instance))
             for name, mspec in spec.methods.items():
@@ -76,11 +81,15 @@ class Dispatcher:
             return protocol.error_response(rid, MethodNotFound(f"Method not found: {method}"))
         mspec, bound, service_name, arity = entry
         started = time.monotonic()
-        timeout_ms = meta.get("timeout_ms")
-        if (received is not None and isinstance(timeout_ms, (int, float))
-                and started - received > timeout_ms / 1000.0):
-            return protocol.error_response(rid, DeadlineExceeded(
-                "deadline passed before the call started"))
+        if received is not None:
+            timeout_ms = meta.get("timeout_ms")
+            if isinstance(timeout_ms, (int, float)) and started - received > timeout_ms / 1000.0:
+                if self.observe is not None:
+                    self.observe(service_name, mspec.name, "expired", None)
+                return protocol.error_response(rid, DeadlineExceeded(
+                    "deadline passed before the call started"))
+            if self.started is not None:
+                self.started(received, started)
         outcome = "ok"
         try:
             # positional params against a plain signature: two comparisons, not Signature.bind

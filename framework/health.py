@@ -89,9 +89,11 @@ class Health:
         return not self.stalled(address, now)
 
     def record(self, address: str, ok: bool, eject_now: bool = False,
-               now: Optional[float] = None) -> None:
+               now: Optional[float] = None, streak: bool = True) -> None:
         """One call's outcome; ``eject_now``: the node is certainly unreachable. ``now``: the
-        caller's clock reading, when it has one."""
+        caller's clock reading, when it has one. ``streak=False``: a failure that counts toward
+        the failure rate only (a node refusing calls as overloaded is alive: ejecting it after a
+        few refusals would idle it while its peers are just as overloaded)."""
         h = self._nodes.get(address)
         if h is None:
             h = self._nodes.setdefault(address, NodeHealth())
@@ -104,7 +106,7 @@ class Health:
             now = time.monotonic()
         h.failed += 1
         threshold = 1 if eject_now else self.eject_threshold
-        if h.failure(now, threshold, self.eject_base, self.eject_cap):
+        if streak and h.failure(now, threshold, self.eject_base, self.eject_cap):
             log.info("ejected node %s for %.1fs", address, h.ejected_until - now)
         if now - self._window_start >= self.window:
             self._judge(now)

@@ -18,10 +18,10 @@ follows the last few seconds; adding a sample costs a bisect and an increment.
 """
 from __future__ import annotations
 
-import bisect
 import collections
 import math
 import threading
+from bisect import bisect_left
 from typing import Any, Deque, Optional, Tuple
 
 import gevent.event
@@ -57,26 +57,25 @@ class Hedging:
 class Tail:
     """One method's recent latencies, and the hedge delay they give."""
 
-    __slots__ = ("policy", "counts", "samples", "settle_at", "decay_at", "delay")
+    __slots__ = ("policy", "counts", "settle_at", "decay_at", "delay")
 
     def __init__(self, policy: Hedging):
         self.policy = policy
         self.counts = [0] * (len(_BOUNDS) + 1)
-        self.samples = 0
         self.settle_at = 0.0     # when the delay is recomputed next (every sample until it has one)
         self.decay_at = 0.0      # when the counts are halved next
         self.delay = math.inf    # seconds; inf until there are enough samples
 
     def add(self, seconds: float, now: float) -> None:
-        self.counts[bisect.bisect_left(_BOUNDS, seconds)] += 1
-        self.samples += 1
+        self.counts[bisect_left(_BOUNDS, seconds)] += 1
         if now >= self.settle_at:
             self._settle(now)
 
     def _settle(self, now: float) -> None:
         policy, counts = self.policy, self.counts
-        if self.samples >= policy.min_samples:
-            rank, seen = policy.quantile * self.samples, 0
+        samples = sum(counts)
+        if samples >= policy.min_samples:
+            rank, seen = policy.quantile * samples, 0
             for i, count in enumerate(counts):
                 seen += count
                 if seen >= rank:
@@ -87,11 +86,11 @@ class Tail:
             self.decay_at = now + policy.window
             for i, count in enumerate(counts):
                 counts[i] = count >> 1
-            self.samples = sum(counts)
         self.settle_at = self.decay_at if self.delay < math.inf else now
 
     def hedge_at(self, now: float, remaining: float) -> float:
-        """When a call sent at ``now`` with ``remaining`` seconds left sends its backup."""
+        """When a call sent at ``now`` with ``remaining`` seconds left sends its backup (the
+        client inlines this)."""
         delay = remaining * 0.5
         return now + (self.delay if self.delay < delay else delay)
 

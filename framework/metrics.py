@@ -20,8 +20,10 @@ Read from live state at scrape time (nothing on the call path):
   node re-registered), ``framework_registry_failures_total``, ``framework_draining`` - nodes only;
 * ``framework_discovery_nodes{service}`` and ``framework_discovery_resyncs_total{service}`` from
   the watched cache (a node's own client, or the gateway's);
-* ``framework_client_retries_refused_total`` and ``framework_client_rate_ejections_total`` from that
-  client's retry budget and node health.
+* ``framework_calls_shed_total``: calls the node refused as overloaded (nodes only);
+* ``framework_client_retries_refused_total``, ``framework_client_rate_ejections_total``,
+  ``framework_client_hedges_total`` and ``framework_client_hedges_won_total`` from that client's
+  retry budget, node health and hedging.
 """
 from __future__ import annotations
 
@@ -73,14 +75,16 @@ class CallMetrics:
             self.in_flight.set_function(in_flight)
         registry.register(self)
 
-    def observe(self, service: str, method: str, outcome: str, seconds: float) -> None:
+    def observe(self, service: str, method: str, outcome: str, seconds: Optional[float]) -> None:
+        """One call's outcome; ``seconds`` None: it never ran (not in the latency histogram)."""
         stats = self._stats.get((service, method))
         if stats is None:
             stats = self._stats.setdefault((service, method), _CallStats())
         outcomes = stats.outcomes
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        stats.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        stats.total += seconds
+        if seconds is not None:
+            stats.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            stats.total += seconds
 
     def collect(self):
         calls = CounterMetricFamily(f"{self.namespace}_calls", "Calls handled, by outcome.",
@@ -138,6 +142,13 @@ class _ClientCollector:
         yield CounterMetricFamily("framework_client_rate_ejections",
                                   "Nodes ejected for failing far more often than their peers.",
                                   value=client.health.rate_ejections if client is not None else 0)
+        hedging = client.hedging if client is not None else None
+        yield CounterMetricFamily("framework_client_hedges",
+                                  "Backup copies sent for slow idempotent calls.",
+                                  value=hedging.sent if hedging is not None else 0)
+        yield CounterMetricFamily("framework_client_hedges_won",
+                                  "Backup copies that answered before the first copy.",
+                                  value=hedging.won if hedging is not None else 0)
 
 
 class _NodeCollector:
@@ -167,6 +178,9 @@ class _NodeCollector:
                                   value=reg.failures if reg is not None else 0)
         yield GaugeMetricFamily("framework_draining", "1 once the node began shutting down.",
                                 value=1 if server.draining else 0)
+        yield CounterMetricFamily("framework_calls_shed",
+                                  "Calls refused as overloaded before they were queued.",
+                                  value=server.shedder.shed)
 
 
 def _pool_size(pool: Any) -> float:

@@ -37,6 +37,7 @@ from .httpapi import NodeHttp, sniff
 from .metrics import NodeMetrics
 from .registry import Registration
 from .service import spec_of
+from .shedding import Shedder
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ class Server:
                  etcd_client: Optional[EtcdAPI] = None, tls: Optional[ssl.SSLContext] = None,
                  client_tls: Optional[ssl.SSLContext] = None,
                  max_conn_in_flight: Optional[int] = None, max_connections: Optional[int] = None,
-                 frame_timeout: Optional[float] = None, write_timeout: Optional[float] = None):
+                 frame_timeout: Optional[float] = None, write_timeout: Optional[float] = None,
+                 shedding: Union[None, bool, Shedder] = None):
         if not services:
             raise ValueError("Server needs at least one service class")
         self.specs = [spec_of(cls) for cls in services]
@@ -112,14 +114,14 @@ class Server:
         self.tls = tls
         if tls is not None:
             self.metadata.setdefault("tls", True)
-        if max_conn_in_flight is not None:
-            self.max_conn_in_flight = max_conn_in_flight
-        if max_connections is not None:
-            self.max_connections = max_connections
-        if frame_timeout is not None:
-            self.frame_timeout = frame_timeout
-        if write_timeout is not None:
-            self.write_timeout = write_timeout
+        for name, value in (("max_conn_in_flight", max_conn_in_flight),
+                            ("max_connections", max_connections),
+                            ("frame_timeout", frame_timeout), ("write_timeout", write_timeout)):
+            if value is not None:
+                setattr(self, name, value)   # else the class default
+        #: refuses calls that would wait too long (framework.shedding); shedding=False: never
+        self.shedder = shedding if isinstance(shedding, Shedder) else Shedder(
+            enabled=shedding is not False)
         self.etcd: Optional[EtcdAPI] = None
         if etcd is not False:
             self.etcd = etcd_client or EtcdConfig.coerce(etcd).client()
@@ -132,7 +134,8 @@ class Server:
         for instance in self.instances:
             instance.client = self.client
         self.metrics = NodeMetrics(self)
-        self.dispatcher = Dispatcher(self.instances, token=token, observe=self.metrics.observe)
+        self.dispatcher = Dispatcher(self.instances, token=token, observe=self.metrics.observe,
+                                     started=self.shedder.note if self.shedder.enabled else None)
         self.pack = protocol.frame_packer()   # the node's greenlets share one OS thread
         self.pool = Workers(max_concurrency)
         self.registration: Optional[Registration] = None
@@ -174,6 +177,7 @@ class Server:
                                     spawn=gevent.pool.Pool(self.max_connections))
         self._server.start()
         self.hub = gevent.get_hub()
+        self.shedder.start()
         self.started_at = round(time.time(), 3)
         log.info("serving %s on %s:%s", ", ".join(s.name for s in self.specs), *self.address)
         if self.etcd is not None:
@@ -215,6 +219,7 @@ class Server:
             except OSError:
                 pass
         self.pool.close()
+        self.shedder.stop()
         if self.client is not None:
             self.client.close()
         if self.discovery is not None:

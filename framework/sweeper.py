@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from heapq import heappop
+from typing import Any, List, Tuple
 
 import gevent
 import gevent.event
+from gevent.hub import Waiter as _Waiter
 
 from .errors import ConnectionLost, Timeout
 from .hedging import HedgeDue
@@ -31,10 +33,19 @@ class Sweeper:
         self.kick = gevent.event.Event()
         self.greenlet: Any = None
         self.stall_after = 0.0        # the calls' stall_after (see Connection.call)
+        #: (hedge time, call id) of calls that may be hedged, earliest first; a call that ended
+        #: meanwhile is skipped when its time comes (a heap: no scan of every call per hedge)
+        self.hedges: List[Tuple[float, int]] = []
+        self.scan_at = math.inf       # when deadlines and liveness are checked next (no later
+                                      # than any pending call's deadline)
 
     def due(self, at: float, stall_after: float) -> None:
-        """A call is due at ``at`` (its deadline or hedge time)."""
+        """A call's deadline is ``at``."""
         self.stall_after = stall_after
+        if stall_after:
+            at = min(at, time.monotonic() + stall_after / 2)
+        if at < self.scan_at:
+            self.scan_at = at
         if at < self.wake_at:
             self.wake(at)
 
@@ -46,35 +57,43 @@ class Sweeper:
             self.kick.set()
 
     def _run(self) -> None:
-        conn, kick = self.conn, self.kick
+        conn, kick, hedges = self.conn, self.kick, self.hedges
         while conn.alive:
             kick.clear()
             now = time.monotonic()
-            wake = self._sweep(now)
+            if hedges and hedges[0][0] <= now:
+                self._hedge(now)
+            if now >= self.scan_at:
+                self.scan_at = self._sweep(now)
+            wake = min(self.scan_at, hedges[0][0]) if hedges else self.scan_at
             self.wake_at = wake
             kick.wait(None if wake == math.inf else max(0.0, wake - time.monotonic()))
         self.greenlet = None
 
+    def _hedge(self, now: float) -> None:
+        """Tell the calls whose hedge time came, and that still wait, so: the caller decides
+        whether to send a backup (the call stays pending)."""
+        conn, pending, hedges = self.conn, self.conn._pending, self.hedges
+        deliver = conn._hub.loop.run_callback
+        while hedges and hedges[0][0] <= now:
+            rid = heappop(hedges)[1]
+            entry = pending.get(rid)
+            if entry is not None and type(entry[0]) is _Waiter:   # not yet in a race
+                deliver(entry[0].switch, HedgeDue(conn, rid, entry[0]))
+
     def _sweep(self, now: float) -> float:
-        """One pass over the calls in flight; returns when the next pass is due."""
+        """One pass over the calls in flight: deadlines and liveness. Returns when the next pass
+        is due."""
         conn, pending = self.conn, self.conn._pending
         deliver = conn._hub.loop.run_callback
         wake = oldest = math.inf
-        expired, due = [], []
+        expired = []
         for rid, entry in list(pending.items()):
             if entry[1] <= now:
                 expired.append(rid)
                 continue
             wake = min(wake, entry[1])
             oldest = min(oldest, entry[1] - entry[2])
-            if entry[4] <= now:
-                due.append(rid)
-            elif entry[4] < wake:
-                wake = entry[4]
-        for rid in due:   # still waiting at its hedge time: the caller decides (it stays pending)
-            entry = pending[rid]
-            pending[rid] = entry[:4] + (math.inf,)
-            deliver(entry[0].switch, HedgeDue(conn, rid, entry[0]))
         for rid in expired:
             entry = pending.pop(rid, None)
             if entry is not None:

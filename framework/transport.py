@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from heapq import heappush
 import math
 import socket
 import ssl
@@ -37,7 +38,7 @@ import gevent
 from gevent.hub import Waiter as _Waiter
 
 from . import protocol
-from .errors import ConnectionLost, NotSent, ProtocolError, RpcError, Timeout, from_error_object
+from .errors import ConnectionLost, NotSent, ProtocolError, Timeout, from_error_object
 from .hedging import HedgeDue
 from .sweeper import Sweeper
 from .writing import FrameWriter
@@ -163,12 +164,16 @@ class Connection:
             self._pending.pop(rid, None)
             self._retire_if_idle()
             raise Timeout(f"no answer from {self.address} within {timeout:.3f}s")
-        response = pending.response
-        if isinstance(response, RpcError):
-            raise response
-        if "error" in response:
-            raise from_error_object(response["error"])
-        return response.get("result")
+        return _result(pending.response)
+
+    def resume(self, due: HedgeDue, deadline: float) -> Any:
+        """Go on waiting for the call that raised ``due`` (no backup was sent): its result."""
+        if self._hub is not None:
+            return _result(due.handle.get())   # still pending: its answer comes to the waiter
+        if not due.handle.event.wait(max(0.0, deadline - time.monotonic())):
+            self.cancel(due.rid)
+            raise Timeout(f"no answer from {self.address} before the deadline")
+        return _result(due.handle.response)
 
     def _wait(self, rid: int, pending: _Pending, end: float, stall_after: float,
               abandon_on_stall: bool, hedge_at: float) -> bool:
@@ -199,7 +204,7 @@ class Connection:
         rid = next(self._ids)
         frame = self._pack(rid, method, params, int(timeout * 1000), token)
         if self._hub is not None:
-            self._pending[rid] = (slot, deadline, timeout, True, math.inf)
+            self._pending[rid] = (slot, deadline, timeout, True)
             self._sweeper.due(deadline, stall_after)
         else:
             self._pending[rid] = slot
@@ -238,10 +243,19 @@ class Connection:
     def _call_green(self, rid: int, frame: bytes, timeout: float, deadline: float,
                     stall_after: float, abandon_on_stall: bool, hedge_at: float) -> Any:
         waiter = _Waiter(self._hub)
-        self._pending[rid] = (waiter, deadline, timeout, abandon_on_stall, hedge_at)
+        self._pending[rid] = (waiter, deadline, timeout, abandon_on_stall)
         sweeper = self._sweeper
         sweeper.stall_after = stall_after
-        due = hedge_at if hedge_at < deadline else deadline
+        # the sweeper's next pass: by this call's deadline, or its liveness check if sooner
+        due = deadline - timeout + stall_after / 2 if stall_after else deadline
+        if due > deadline:
+            due = deadline
+        if due < sweeper.scan_at:
+            sweeper.scan_at = due
+        if hedge_at < deadline:
+            heappush(sweeper.hedges, (hedge_at, rid))
+            if hedge_at < due:
+                due = hedge_at
         if due < sweeper.wake_at:
             sweeper.wake(due)
         self._send_request(rid, frame)
@@ -328,6 +342,15 @@ class Connection:
 
     def close(self) -> None:
         self._fail(None)
+
+
+def _result(response: Any) -> Any:
+    """A call's answer as its caller sees it: the result, or the error raised."""
+    if isinstance(response, BaseException):
+        raise response
+    if "error" in response:
+        raise from_error_object(response["error"])
+    return response.get("result")
 
 
 def _green_threads() -> bool:

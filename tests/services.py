@@ -67,3 +67,15 @@ class WorkService(framework.Service):
     def Read(self, ms):
         time.sleep(ms / 1000.0)
         return os.getpid()
+
+
+@framework.service("Burn")
+class BurnService(framework.Service):
+    """CPU-bound calls, for the overload scenario."""
+
+    @framework.idempotent
+    def Cpu(self, ms):
+        end = time.process_time() + ms / 1000.0   # CPU time: the same work however busy the host
+        while time.process_time() < end:
+            pass
+        return os.getpid()

@@ -64,7 +64,11 @@ def limit_options(args) -> dict:
     """Server keyword arguments for the limits given on the command line (others keep defaults)."""
     names = ("max_concurrency", "max_conn_in_flight", "max_connections", "frame_timeout",
              "write_timeout", "max_frame")
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if getattr(args, "shed_target", None) is not None:
+        from ..shedding import Shedder
+        options["shedding"] = Shedder(target=args.shed_target, enabled=args.shed_target > 0)
+    return options
 
 
 def _serve_until_signal(component, what: str, ready: str) -> int:
@@ -125,6 +129,9 @@ def serve_parser(sub) -> None:
                    "cut (default 10)")
     s.add_argument("--max-frame", type=int, default=None,
                    help="largest frame body accepted, in bytes (default 8 MiB)")
+    s.add_argument("--shed-target", type=float, default=None,
+                   help="once saturated, refuse calls that would wait longer than this many seconds "
+                   "for a worker (default 0.05; 0: never refuse)")
     s.set_defaults(func=cmd_serve, default_level="info")
 
 
