@@ -18,11 +18,10 @@ their answers are written back as they complete (out of order), coalesced:
   waiting for a worker, the request runs in the reader itself, which saves the hand-off to a worker
   (two greenlet switches and a hub turn). Should it block, the hub runs :meth:`_take_over` meanwhile
   and a new reader greenlet goes on reading, so pings are still answered and later calls still start.
-* **Coalesced writes.** The first answer of a burst waits one loop turn while calls are queued,
-  so their answers share a write; once ``write_part`` answers are queued they go out at once, so the
-  caller decodes them on another core while the node computes the rest.
-* **Bounded writes.** A peer that takes no byte of its answers for ``write_timeout`` seconds is cut
-  off: its calls give back their slots and no greenlet stays blocked on it.
+* **Answers out** go through the connection's :class:`~framework.writing.Outbox`: coalesced, and
+  a peer that takes no byte of them for ``write_timeout`` seconds is cut off, so its calls give
+  back their slots and no greenlet stays blocked on it. The reader's own answers (pongs,
+  refusals) are written at once, without yielding.
 """
 from __future__ import annotations
 
@@ -38,7 +37,7 @@ import gevent.lock
 
 from . import protocol
 from .errors import GoingAway, InternalError, Overloaded, ParseError, ProtocolError
-from .writing import send_within, sender
+from .writing import Outbox, send_within, sender
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +45,18 @@ class AcceptedConnection:
     """The node's side of one client connection. ``node`` is the :class:`~framework.server.Server`:
     its limits, workers and dispatcher, and whether it is going away."""
 
-    __slots__ = ("node", "sock", "peer", "out", "out_bytes", "flushing", "drained", "in_flight",
-                 "closed", "idle", "slots", "queued", "write_lock", "frames", "frame_began",
-                 "reader", "inline", "finished", "part", "send_nowait", "parked", "parked_bytes",
-                 "unparked", "starter")
+    __slots__ = ("node", "sock", "peer", "outbox", "in_flight", "closed", "idle", "slots",
+                 "queued", "frames", "frame_began", "reader", "inline", "finished", "send_nowait",
+                 "parked", "parked_bytes", "unparked", "starter")
 
     def __init__(self, node: Any, sock: socket.socket, peer: Any):
         self.node = node
         self.sock = sock
         self.peer = peer
-        self.out: List[bytes] = []
-        self.out_bytes = 0          # queued or being written; bounded by throttle()
-        self.flushing = False       # a greenlet is collecting this burst's answers to send them
-        self.part = node.write_part
-        self.write_lock = gevent.lock.Semaphore()   # one write at a time: frames never interleave
-        self.drained = gevent.event.Event()
+        self.send_nowait = sender(sock)
+        #: answers out: coalesced, and cut off after write_timeout without progress
+        self.outbox = Outbox(sock, node.pool.queued, node.write_part, node.write_timeout,
+                             self._cut, self.send_nowait)
         self.in_flight = 0
         self.closed = False
         self.idle = gevent.event.Event()
@@ -73,7 +69,6 @@ class AcceptedConnection:
         self.reader: Any = None          # the greenlet reading this connection now
         self.inline: Any = None          # the reader while it runs a call itself
         self.finished = gevent.event.Event()   # set once the last reader closed the connection
-        self.send_nowait = sender(sock)
         self.parked: collections.deque = collections.deque()   # (request, received, size)
         self.parked_bytes = 0
         self.unparked = gevent.event.Event()   # the starter made room among the parked
@@ -143,7 +138,7 @@ class AcceptedConnection:
                 self._reject(exc)
                 return False
             if type(obj) is dict and obj.get("method") == protocol.PING:
-                self.send_now(protocol.PONG_FRAME)  # liveness: answered here, even when busy
+                self.outbox.send_now(protocol.PONG_FRAME)  # liveness: answered even when busy
                 continue
             if node.going_away:
                 self._refuse(obj, GoingAway("node is shutting down; call not processed"))
@@ -248,8 +243,8 @@ class AcceptedConnection:
                 except Exception as exc:  # the handler returned something msgpack cannot encode
                     frame = protocol.pack(protocol.error_response(response.get("id"), InternalError(
                         f"result could not be encoded: {exc}")))
-                self.send(frame)
-                self.throttle(node.max_pending_output)
+                self.outbox.send(frame)
+                self.outbox.throttle(node.max_pending_output)
         finally:
             self.slots.release()
             self.in_flight -= 1
@@ -267,65 +262,13 @@ class AcceptedConnection:
     def _refuse(self, obj: Any, exc: Exception) -> None:   # "not processed": the call never ran
         rid = obj.get("id") if isinstance(obj, dict) else None
         if rid is not None:
-            self.send_now(protocol.pack(protocol.error_response(rid, exc)))
+            self.outbox.send_now(protocol.pack(protocol.error_response(rid, exc)))
 
     def _shed(self, obj: Any) -> None:
         self.node.shedder.shed += 1
         self._refuse(obj, Overloaded("node overloaded; call not processed"))
 
-    # ---- writing ---------------------------------------------------------------------------------
-
-    def send(self, frame: bytes) -> None:
-        """Queue ``frame``; the first writer of a burst sends everything queued meanwhile."""
-        out = self.out
-        out.append(frame)
-        self.out_bytes += len(frame)
-        if self.flushing:
-            # a full part goes out now instead of at the end of the burst (see the module docstring)
-            if len(out) >= self.part and self.write_lock.acquire(blocking=False):
-                try:
-                    self._write()
-                finally:
-                    self.write_lock.release()
-            return
-        self.flushing = True
-        try:
-            # one loop turn first when calls are waiting: they run now and queue their frames too
-            # (a lone call's answer goes out at once)
-            if self.queued:
-                gevent.sleep(0)
-            with self.write_lock:
-                while out and not self.closed:
-                    self._write()
-        finally:
-            self.flushing = False
-            self.drained.set()
-
-    def send_now(self, frame: bytes) -> None:
-        """Queue ``frame`` and write it now, without yielding: the reader's own answers (pongs,
-        refusals) must not wait for the calls it queued (a running flush sends it instead)."""
-        self.out.append(frame)
-        self.out_bytes += len(frame)
-        if not self.flushing and self.write_lock.acquire(blocking=False):
-            try:
-                self._write()
-            finally:
-                self.write_lock.release()
-
-    def _write(self) -> None:
-        out = self.out
-        chunk = b"".join(out) if len(out) > 1 else out[0]
-        out.clear()
-        try:
-            n = self.send_nowait(chunk)
-            if n < len(chunk):   # the peer's window is full: wait, but only while it reads
-                send_within(self.sock, memoryview(chunk)[n:], self.node.write_timeout,
-                            self.send_nowait)
-        except OSError as exc:
-            self._cut(exc)
-            return
-        self.out_bytes -= len(chunk)
-        self.drained.set()
+    # ---- writing (the Outbox) and closing -------------------------------------------------------
 
     def _cut(self, exc: OSError) -> None:
         """A write failed or the peer stopped reading: end the connection, so its reader finishes,
@@ -334,29 +277,22 @@ class AcceptedConnection:
             log.info("closing connection from %s: it read nothing for %ss", self.peer[0],
                      self.node.write_timeout)
         self.shutdown()
-        self.drained.set()   # wakes calls waiting in throttle()
-
-    def throttle(self, limit: int) -> None:
-        """Wait while more than ``limit`` bytes are queued for a peer that does not read: the call
-        keeps its in-flight slot meanwhile, so the reader stops and memory stays bounded."""
-        while self.flushing and self.out_bytes > limit and not self.closed:
-            self.drained.clear()
-            self.drained.wait()
 
     def go_away(self) -> None:
         """Tell the peer the node is draining: it sends no new calls on this connection."""
-        self.send(protocol.GOAWAY_FRAME)
+        self.outbox.send(protocol.GOAWAY_FRAME)
 
     def shutdown(self) -> None:
         """End the connection at the end of a drain: the reader sees the close and finishes."""
-        self.closed = True
+        self.closed = self.outbox.closed = True
+        self.outbox.drained.set()   # wakes calls waiting in throttle()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
     def close(self) -> None:
-        self.closed = True
+        self.closed = self.outbox.closed = True
         try:
             self.sock.close()
         except OSError:

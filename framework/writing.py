@@ -12,6 +12,11 @@ does not take goes to a background writer (a thread, a greenlet in a patched pro
 callers go on to wait for their answers with their own deadlines. The ids still queued when the
 connection fails are the calls that were never sent (:meth:`FrameWriter.take_unsent`).
 
+:class:`Outbox` is the node's side: a connection's answers, coalesced. The first answer of a
+burst waits one loop turn while calls are queued, so their answers share a write; once ``part``
+answers are queued they go out at once, so the caller decodes them on another core while the node
+computes the rest. A peer that takes no byte for ``write_timeout`` seconds is cut off.
+
 Works with plain sockets and gevent's, TLS or not. One gap: TLS in an unpatched, threaded program
 writes in blocking mode (CPython's SSL sockets cannot skip a wait per call without changing the mode
 the reader thread shares), so there only the callers are bounded, not the background write.
@@ -22,7 +27,7 @@ import collections
 import select
 import socket
 import threading
-from typing import Any, Callable, Optional, Set
+from typing import Any, Callable, List, Optional, Set
 
 from gevent import sleep
 from gevent.socket import wait_write
@@ -184,3 +189,83 @@ class FrameWriter:
             except IndexError:
                 break
         return unsent
+
+
+class Outbox:
+    """A node's answers to one accepted connection (gevent only). ``queued``: the node's calls
+    waiting for a worker (while there are any, a burst's first answer waits for theirs);
+    ``on_cut(exc)`` ends the connection when a write fails or stalls."""
+
+    __slots__ = ("sock", "queued", "part", "write_timeout", "on_cut", "send_nowait", "out",
+                 "out_bytes", "flushing", "write_lock", "drained", "closed")
+
+    def __init__(self, sock: Any, queued: Any, part: int, write_timeout: float,
+                 on_cut: Callable[[OSError], None], send_nowait: Callable[[Any], int]):
+        import gevent.event
+        import gevent.lock
+        self.sock, self.queued, self.part = sock, queued, part
+        self.write_timeout, self.on_cut, self.send_nowait = write_timeout, on_cut, send_nowait
+        self.out: List[bytes] = []
+        self.out_bytes = 0          # queued or being written; bounded by throttle()
+        self.flushing = False       # a greenlet is collecting this burst's answers to send them
+        self.write_lock = gevent.lock.Semaphore()   # one write at a time: frames never interleave
+        self.drained = gevent.event.Event()
+        self.closed = False         # set by the connection: nothing more is written
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame``; the first writer of a burst sends everything queued meanwhile."""
+        out = self.out
+        out.append(frame)
+        self.out_bytes += len(frame)
+        if self.flushing:
+            # a full part goes out now instead of at the end of the burst (see the module docstring)
+            if len(out) >= self.part and self.write_lock.acquire(blocking=False):
+                try:
+                    self._write()
+                finally:
+                    self.write_lock.release()
+            return
+        self.flushing = True
+        try:
+            # one loop turn first when calls are waiting: they run now and queue their frames too
+            # (a lone call's answer goes out at once)
+            if self.queued:
+                sleep(0)
+            with self.write_lock:
+                while out and not self.closed:
+                    self._write()
+        finally:
+            self.flushing = False
+            self.drained.set()
+
+    def send_now(self, frame: bytes) -> None:
+        """Queue ``frame`` and write it now, without yielding: the reader's own answers (pongs,
+        refusals) must not wait for the calls it queued (a running flush sends it instead)."""
+        self.out.append(frame)
+        self.out_bytes += len(frame)
+        if not self.flushing and self.write_lock.acquire(blocking=False):
+            try:
+                self._write()
+            finally:
+                self.write_lock.release()
+
+    def _write(self) -> None:
+        out = self.out
+        chunk = b"".join(out) if len(out) > 1 else out[0]
+        out.clear()
+        try:
+            n = self.send_nowait(chunk)
+            if n < len(chunk):   # the peer's window is full: wait, but only while it reads
+                send_within(self.sock, memoryview(chunk)[n:], self.write_timeout, self.send_nowait)
+        except OSError as exc:
+            self.on_cut(exc)
+            return
+        self.out_bytes -= len(chunk)
+        self.drained.set()
+
+    def throttle(self, limit: int) -> None:
+        """Wait while more than ``limit`` bytes are queued for a peer that does not read: the call
+        keeps its in-flight slot meanwhile, so the reader stops and memory stays bounded."""
+        while self.flushing and self.out_bytes > limit and not self.closed:
+            self.drained.clear()
+            self.drained.wait()

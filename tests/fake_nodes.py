@@ -1,5 +1,6 @@
 """Nodes that misbehave on purpose, registered in a real etcd like any node: one that accepts
-connections and never reads them, one that answers every request with a frame no client can match.
+connections and never reads them, one that reads and never answers, one that answers every request
+with a frame no client can match (and two plain ones: refusing, answering).
 Each runs on its own thread in the test process and is closed at teardown (``processes.add``)."""
 import json
 import socket
@@ -90,6 +91,26 @@ class RefusingNode(AnsweringNode):
 
     def answer(self, rid) -> dict:
         return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32001, "message": "going away"}}
+
+
+class SilentNode(FakeNode):
+    """Reads everything and never answers, not even a ping: a hung process whose kernel still
+    takes the bytes."""
+
+    def handle(self, sock: socket.socket) -> None:
+        while not self.closed.is_set():
+            try:
+                if not sock.recv(65536):
+                    return
+            except OSError:
+                return
+
+
+class ResultNode(AnsweringNode):
+    """Answers every request with the result ``"ok"``."""
+
+    def answer(self, rid) -> dict:
+        return {"jsonrpc": "2.0", "id": rid, "result": "ok"}
 
 
 class GarbledNode(AnsweringNode):

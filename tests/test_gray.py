@@ -13,7 +13,7 @@ import time
 import framework
 from framework.etcd import Etcd
 from framework.testing import Load, RawConnection, sample, scrape_metrics, wait_until
-from tests.fake_nodes import DeafNode, GarbledNode, RefusingNode
+from tests.fake_nodes import DeafNode, GarbledNode, RefusingNode, ResultNode, SilentNode
 from tests.probes import start_probe
 
 BIG = "x" * (12 << 20)   # more than the kernel buffers between the two ends
@@ -209,3 +209,25 @@ def test_the_gateway_counts_the_retries_its_budget_refused(etcd, processes):
     print(f"\ngateway in front of two refusing nodes: HTTP {statuses}, retries refused {refused()}")
     assert statuses == {503}       # no node would take the call: unavailable, never a 500
     assert refused() >= 1
+
+
+def test_the_gateway_hedges_past_a_hung_node_and_counts_it(etcd, processes):
+    processes.add(SilentNode(etcd.endpoint, "Hung"))
+    answering = processes.add(ResultNode(etcd.endpoint, "Hung"))
+    gw = processes.start_gateway(etcd.endpoint, "--timeout", "0.5", "--service", "Hung")
+    hedges = lambda: sample(scrape_metrics(gw.address), "framework_client_hedges_total")  # noqa
+    won = lambda: sample(scrape_metrics(gw.address), "framework_client_hedges_won_total")  # noqa
+    assert hedges() == 0 and won() == 0
+    took, answers = [], []
+    for i in range(40):
+        started = time.monotonic()
+        answers.append(gw.post({"jsonrpc": "2.0", "id": i, "method": "Hung.Get"}))
+        took.append(time.monotonic() - started)
+    print(f"\ngateway, one hung node of two, 0.5 s timeout: HTTP {({s for s, _ in answers})}, "
+          f"slowest {max(took) * 1000:.0f} ms, {hedges()} hedges ({won()} won), the answering "
+          f"node saw {answering.requests} of 40 calls")
+    assert {status for status, _ in answers} == {200}, "idempotent calls never fail on it"
+    assert all(body["result"] == "ok" for _, body in answers)
+    assert max(took) < 0.5 + 0.1
+    assert hedges() >= 1 and won() >= 1 and won() <= hedges()
+    assert answering.requests == 40, "every call was answered by the live node, once"
