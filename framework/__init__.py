@@ -9,12 +9,16 @@ from .errors import (CommunicationError, ConnectionLost, DeadlineExceeded, EtcdE
                      ParseError, ProtocolError, RemoteError, RpcError, ServiceUnavailable, Timeout,
                      Unauthorized)
 from .service import Service, idempotent, service
+from .budget import RetryBudget
+from .hedging import Hedging
+from .shedding import Shedder
 from .client import Client
 from .etcd import EtcdConfig
 from .server import Server
 
 __all__ = [
     "Service", "service", "idempotent", "Server", "Client", "EtcdConfig",
+    "Hedging", "RetryBudget", "Shedder",
     "RpcError", "ServiceUnavailable", "Timeout", "CommunicationError", "NotSent", "ConnectionLost",
     "ProtocolError", "EtcdError", "ParseError", "InvalidRequest", "MethodNotFound", "InvalidParams",
     "InternalError", "RemoteError", "GoingAway", "DeadlineExceeded", "Overloaded", "Unauthorized",

@@ -6,7 +6,7 @@ or a gateway next to a node - never mix their numbers.
 
 Counted on the call path (the dispatcher's / gateway's ``observe`` hook):
 
-* ``framework_calls_total{service,method,outcome}`` and
+* ``framework_calls_total{service,method,outcome}`` (``expired``: skipped, its deadline had passed) and
   ``framework_call_duration_seconds{service,method}`` (histogram) - on a node;
 * ``framework_gateway_calls_total{service,method,outcome}`` and
   ``framework_gateway_call_duration_seconds{service,method}`` - on a gateway. Names the gateway has
