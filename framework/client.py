@@ -134,7 +134,9 @@ class Client:
         tail = None
         if idempotent and len(candidates) > 1 and self.hedging is not None:
             tail = self._tails.get(method) or self._tails.setdefault(method, self.hedging.tail())
-        route = self._routes[method] = (nodes, candidates, idempotent, tail)
+        route = (nodes, candidates, idempotent, tail)
+        if candidates:   # only real methods: a gateway's callers choose the method strings
+            self._routes[method] = route
         return route
 
     def _on_change(self, service: str, added, removed, snapshot) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from heapq import heappop
-from typing import Any, List, Tuple
+from typing import Any, Deque, Dict, Tuple
 
 import gevent
 import gevent.event
@@ -33,9 +32,10 @@ class Sweeper:
         self.kick = gevent.event.Event()
         self.greenlet: Any = None
         self.stall_after = 0.0        # the calls' stall_after (see Connection.call)
-        #: (hedge time, call id) of calls that may be hedged, earliest first; a call that ended
-        #: meanwhile is skipped when its time comes (a heap: no scan of every call per hedge)
-        self.hedges: List[Tuple[float, int]] = []
+        #: per method, (hedge time, call id) of the calls that may be hedged, in the order sent:
+        #: one method's delay is the same for all its calls, so each queue is in time order (an
+        #: append per call, no scan of every call per hedge)
+        self.hedges: Dict[str, Deque[Tuple[float, int]]] = {}
         self.scan_at = math.inf       # when deadlines and liveness are checked next (no later
                                       # than any pending call's deadline)
 
@@ -57,29 +57,37 @@ class Sweeper:
             self.kick.set()
 
     def _run(self) -> None:
-        conn, kick, hedges = self.conn, self.kick, self.hedges
+        conn, kick = self.conn, self.kick
         while conn.alive:
             kick.clear()
             now = time.monotonic()
-            if hedges and hedges[0][0] <= now:
-                self._hedge(now)
+            next_hedge = self._hedge(now) if self.hedges else math.inf
             if now >= self.scan_at:
                 self.scan_at = self._sweep(now)
-            wake = min(self.scan_at, hedges[0][0]) if hedges else self.scan_at
+            wake = min(self.scan_at, next_hedge)
             self.wake_at = wake
             kick.wait(None if wake == math.inf else max(0.0, wake - time.monotonic()))
         self.greenlet = None
 
-    def _hedge(self, now: float) -> None:
+    def _hedge(self, now: float) -> float:
         """Tell the calls whose hedge time came, and that still wait, so: the caller decides
-        whether to send a backup (the call stays pending)."""
-        conn, pending, hedges = self.conn, self.conn._pending, self.hedges
+        whether to send a backup (the call stays pending). Calls answered meanwhile are dropped
+        from the queues' heads whatever their time, so the sweeper wakes only for a call that
+        still waits, not once per call. Returns the next hedge time."""
+        conn, pending = self.conn, self.conn._pending
         deliver = conn._hub.loop.run_callback
-        while hedges and hedges[0][0] <= now:
-            rid = heappop(hedges)[1]
-            entry = pending.get(rid)
-            if entry is not None and type(entry[0]) is _Waiter:   # not yet in a race
-                deliver(entry[0].switch, HedgeDue(conn, rid, entry[0]))
+        wake = math.inf
+        for queue in self.hedges.values():
+            while queue:
+                at, rid = queue[0]
+                entry = pending.get(rid)
+                if entry is not None and type(entry[0]) is _Waiter:   # waiting, not in a race
+                    if at > now:
+                        wake = min(wake, at)
+                        break
+                    deliver(entry[0].switch, HedgeDue(conn, rid, entry[0]))
+                queue.popleft()
+        return wake
 
     def _sweep(self, now: float) -> float:
         """One pass over the calls in flight: deadlines and liveness. Returns when the next pass

@@ -24,9 +24,9 @@ enforces deadlines; in a plain program each call waits on its own ``threading.Ev
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
-from heapq import heappush
 import math
 import socket
 import ssl
@@ -152,7 +152,7 @@ class Connection:
             deadline = time.monotonic() + timeout
         if self._hub is not None:
             return self._call_green(rid, frame, timeout, deadline, stall_after, abandon_on_stall,
-                                    hedge_at or math.inf)
+                                    hedge_at or math.inf, method)
         pending = _Pending()
         self._pending[rid] = pending
         self._send_request(rid, frame)
@@ -241,7 +241,8 @@ class Connection:
             self._fail(exc)
 
     def _call_green(self, rid: int, frame: bytes, timeout: float, deadline: float,
-                    stall_after: float, abandon_on_stall: bool, hedge_at: float) -> Any:
+                    stall_after: float, abandon_on_stall: bool, hedge_at: float,
+                    method: str) -> Any:
         waiter = _Waiter(self._hub)
         self._pending[rid] = (waiter, deadline, timeout, abandon_on_stall)
         sweeper = self._sweeper
@@ -253,7 +254,10 @@ class Connection:
         if due < sweeper.scan_at:
             sweeper.scan_at = due
         if hedge_at < deadline:
-            heappush(sweeper.hedges, (hedge_at, rid))
+            queue = sweeper.hedges.get(method)   # one per method: its calls' hedge times rise
+            if queue is None:
+                queue = sweeper.hedges.setdefault(method, collections.deque())
+            queue.append((hedge_at, rid))
             if hedge_at < due:
                 due = hedge_at
         if due < sweeper.wake_at:

@@ -300,3 +300,23 @@ def test_per_connection_and_per_node_in_flight_limits_give_backpressure(node, go
           f"took {all_conns:.2f}s (node cap 8)")
     assert answered == 24
     assert all_conns >= 3 * 0.3 - 0.05
+
+
+def test_unknown_method_names_cost_a_client_no_memory(node, good):
+    """A gateway forwards whatever method name its callers send to a known service: a client must
+    keep nothing per name that no node has (it caches routes for real methods only)."""
+    import tracemalloc
+    import framework
+    for i in range(200):   # warm-up: the first calls allocate what every call reuses
+        with pytest.raises(framework.MethodNotFound):
+            good.call(f"HelloService.warm{i}", [])
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(5000):
+        with pytest.raises(framework.MethodNotFound):
+            good.call(f"HelloService.m{i:05d}x{random.getrandbits(32)}", [])
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    print(f"\n5000 unknown method names: the client grew by {grown / 1024:.1f} kB")
+    assert grown < 256 * 1024, grown
+    still_serving(good, node)
