@@ -16,6 +16,11 @@ class HelloService(framework.Service):
         return os.getpid()
 
     @framework.idempotent
+    def Big(self, payload):
+        """A large request (the network tests send 1 MB) and a small answer: which node ran it."""
+        return os.getpid()
+
+    @framework.idempotent
     def Sleep(self, seconds):
         time.sleep(seconds)
         return os.getpid()

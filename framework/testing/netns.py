@@ -10,7 +10,9 @@ Faults are tc qdiscs in the hub, where no sender can see them (a drop on a host'
 reported to its TCP, which then retries every 0.5 s instead of backing off, and the fault looks
 healed at once): traffic towards a member is dropped on the hub end of its veth, traffic from it on
 an ifb that the hub end's ingress is redirected to. A drop is ``netem loss 100%`` where the kernel
-has netem, else a ``tbf`` whose bucket is smaller than any packet.
+has netem, else a ``tbf`` whose bucket is smaller than any packet. Delay and loss need netem
+(:meth:`TestNetwork.lossy`); without it, :meth:`TestNetwork.relay` puts a userspace TCP relay
+(:mod:`framework.testing.relay`) inside a member, in front of a node that advertises the relay.
 
 It needs root and ``ip``/``tc`` from iproute2; when anything is missing it raises
 :class:`NetworkUnavailable` naming it (tests that use it fail, never skip).
@@ -28,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..devetcd import EtcdProcess
 from .processes import NodeProcess
+from .relay import Relay
 
 __all__ = ["TestNetwork", "NetworkUnavailable", "NetnsEtcd", "remove_leftovers"]
 
@@ -229,6 +232,15 @@ class TestNetwork:
         self._owned.append(node)
         return node.start()
 
+    def relay(self, member: str, port: int, upstream: int, **kw: Any) -> Relay:
+        """A :class:`~framework.testing.relay.Relay` inside ``member`` from its ``port`` to its
+        ``upstream`` port (a node started with ``--port upstream --advertise address:port`` is
+        then reached through it); ``kw`` go to :class:`Relay` (``delay``, ``loss``...). Closed by
+        ``close()``, and by itself after its ``lifetime``."""
+        relay = Relay((self.address(member), port), (self.address(member), upstream), **kw)
+        self._owned.append(relay)
+        return self.call_in(member, relay.start)
+
     # ---- faults --------------------------------------------------------------------------------
 
     def _drop(self) -> List[str]:
@@ -257,6 +269,17 @@ class TestNetwork:
         for dev in self._devices(member):
             self._root(dev, "tbf", "rate", rate, "burst", burst, "latency", latency)
         self.faults[member] = f"thin {rate}"
+
+    def lossy(self, member: str, delay: str = "100ms", loss: str = "5%") -> None:
+        """Delay ``member``'s packets by ``delay`` and lose ``loss`` of them, each way (netem: a
+        round trip gains twice ``delay``). Without netem it raises :class:`NetworkUnavailable`;
+        put a :meth:`relay` in the path instead."""
+        if not self.netem:
+            raise NetworkUnavailable("delay and loss need sch_netem, which this kernel lacks "
+                                     "(CONFIG_NET_SCH_NETEM); use TestNetwork.relay")
+        for dev in self._devices(member):
+            self._root(dev, "netem", "delay", delay, "loss", loss)
+        self.faults[member] = f"lossy {delay} {loss}"
 
     def partition(self, member: str, *others: str) -> None:
         """Drop only the packets between ``member`` and each of ``others`` (u32 on addresses);
