@@ -3,9 +3,10 @@
 The balancer asks one question, :meth:`Health.usable`, and the client reports every call's outcome
 with :meth:`Health.record`. Two signals answer it:
 
-* **Outlier ejection.** Consecutive failures eject a node for a backoff that doubles up to
-  ``eject_cap``; one success takes it back. A node whose connect is refused, or whose connection
-  died, is ejected at once.
+* **Outlier ejection.** Consecutive failures eject a node for a backoff that doubles, up to
+  ``eject_cap``, each time it fails again once back; one success takes it back and resets the
+  backoff. Calls that were in flight when it was ejected fail without effect (a burst is one
+  ejection). A node whose connect is refused, or whose connection died, is ejected at once.
 * **Failure rate.** At the first failure after ``window`` seconds (the window is judged then: a
   window with no failure needs no judgement), a node that served at least ``min_calls`` calls and
   failed at least ``failure_rate`` of them - and at least twice as often as its peers did - is
@@ -47,12 +48,15 @@ class NodeHealth:
         return now >= self.ejected_until
 
     def success(self) -> None:
-        if self.failures:
-            self.failures = 0
-            self.ejections = 0
+        self.failures = 0
+        self.ejections = 0   # an answer ends the streak: the next ejection starts short again
 
     def failure(self, now: float, threshold: int, base: float, cap: float) -> bool:
-        """Record a failure; returns True when this failure ejected the node."""
+        """Record a failure; returns True when this failure ejected the node. Failures of calls
+        already in flight when it was ejected change nothing (a burst is one ejection, not a
+        doubling per call)."""
+        if now < self.ejected_until:
+            return False
         self.failures += 1
         if self.failures >= threshold:
             self.ejected_until = now + min(cap, base * (2 ** self.ejections))
@@ -99,7 +103,7 @@ class Health:
             h = self._nodes.setdefault(address, NodeHealth())
         h.calls += 1
         if ok:
-            if h.failures:
+            if h.failures or h.ejections:
                 h.success()
             return   # only a failure can make a judgement due: the hot path stays two steps
         if now is None:

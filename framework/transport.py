@@ -225,8 +225,10 @@ class Connection:
             slot.switch(due.handle.get())
 
     def cancel(self, rid: int) -> None:
-        """Stop waiting for call ``rid`` (a late answer is dropped)."""
+        """Stop waiting for call ``rid`` (a late answer is dropped); its frame is not sent if it
+        is still queued."""
         if self._pending.pop(rid, None) is not None:
+            self._writer.discard(rid)
             self._retire_if_idle()
 
     def probe(self) -> None:

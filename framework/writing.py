@@ -179,6 +179,26 @@ class FrameWriter:
         if not self.cooperative:
             self._flush_threads()   # frames queued while the lock was still held
 
+    def discard(self, rid: int) -> bool:
+        """Drop call ``rid``'s frame if no write has taken it yet (a hedge's loser: the node need
+        not get it). Best effort in a threaded program: skipped while a write is under way (a
+        greenlet cannot be interrupted while it looks)."""
+        if self.cooperative:
+            return self._remove(rid)
+        if not self.lock.acquire(False):
+            return False
+        try:
+            return self._remove(rid)
+        finally:
+            self.lock.release()
+
+    def _remove(self, rid: int) -> bool:
+        for item in self.out:
+            if item[0] == rid:
+                self.out.remove(item)
+                return True
+        return False
+
     def take_unsent(self) -> Set[int]:
         """The ids of the frames no write has taken yet (their calls were never sent); clears them."""
         unsent = set()

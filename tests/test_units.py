@@ -217,3 +217,18 @@ def test_hedge_delay_follows_the_recent_p99_with_a_floor_and_half_the_time_left(
         tail.add(0.0005, now)
         now += 0.001
     assert tail.delay == 0.0015, "the floor"
+
+
+def test_a_burst_of_failures_is_one_ejection_and_an_answer_resets_the_backoff():
+    from framework.health import Health
+    health = Health(eject_threshold=3, eject_base=0.5, eject_cap=10.0)
+    for _ in range(16):   # 16 calls in flight fail at the same moment
+        health.record("a:1", False, False, 100.0)
+    assert not health.usable("a:1", 100.4) and health.usable("a:1", 100.5), "0.5 s, not 10 s"
+    for _ in range(3):    # back, and failing again: twice as long
+        health.record("a:1", False, False, 100.6)
+    assert not health.usable("a:1", 101.5) and health.usable("a:1", 101.6)
+    health.record("a:1", True, False, 101.7)   # one answer: the next ejection starts short again
+    for _ in range(3):
+        health.record("a:1", False, False, 101.8)
+    assert health.usable("a:1", 102.3)
