@@ -24,6 +24,7 @@ class RetryBudget:
         self.ratio, self.floor, self.burst, self.memory = ratio, floor, burst, memory
         self.calls = 0            # answered calls since the last settlement (the client bumps it)
         self.refused = 0          # retries refused so far
+        self.hedges_refused = 0   # hedges refused so far (those calls just waited on)
         self._tokens = burst
         self._recent = 0.0        # calls of about the last ``memory`` seconds (decaying sum)
         self._stamp = time.monotonic()
@@ -40,6 +41,8 @@ class RetryBudget:
             self._tokens = tokens - 1.0
             return True
         self._tokens = tokens
-        if not hedge:
+        if hedge:
+            self.hedges_refused += 1
+        else:
             self.refused += 1
         return False

@@ -236,8 +236,12 @@ class Client:
         ``(False, result)`` when the backup did, ``(None, error)`` when both failed in a way that
         allows a retry; raises what the caller should see otherwise."""
         others = [n for n in route[1] if n is not node]
-        other = balancer.pick(others, self._usable)
-        if other is None or not self.budget.withdraw(time.monotonic(), hedge=True):
+        # as for a first attempt: when no other node is usable, a guess beats waiting it out
+        other = balancer.pick(others, self._usable) or balancer.pick(others)
+        now = time.monotonic()
+        # a hedge away from a node already known to be failing (ejected, or silent to a ping)
+        # replaces a lost call, it adds no load: only a hedge away from a healthy node is paid for
+        if other is None or (self._usable(node) and not self.budget.withdraw(now, hedge=True)):
             try:   # no backup: wait on for the first node
                 return True, due.conn.resume(due, deadline)
             except RpcError as exc:
@@ -299,7 +303,8 @@ class Client:
         return other, conn, rid, load
 
     def _primary_lost(self, node: Node, conn: Any, now: float) -> None:
-        """The backup answered first: ``node`` was slow this time; a ping tells if it is frozen."""
+        """The backup answered first: ``node`` was slow this time, a failure for its health (three
+        in a row eject it for a while); a ping tells whether it is frozen."""
         self.hedging.won += 1
         self.health.record(node.address, False, False, now)
         conn.probe()

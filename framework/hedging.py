@@ -6,12 +6,14 @@ first answer wins (Dean and Barroso's "The Tail at Scale"; gRPC's hedging, Kitex
   backup. Never later than half the time the call has left, so the backup has time to answer.
   Until a method has ``min_samples`` answers, its delay is that half.
 * **What.** Only methods every node marks ``@idempotent`` (running twice is harmless), only with
-  another usable node to send to, at most one backup per call, and only when the client's retry
-  budget (:mod:`framework.budget`) allows: hedges and retries share it, so together they add at
-  most about a tenth of the calls to an overloaded cluster.
-* **After.** The loser is forgotten (its late answer dropped). A primary that the backup beat
-  counts as a failure for its node's health, and gets a liveness ping: a frozen or blackholed node
-  is then ejected after a few calls, or once the ping goes unanswered.
+  another node to send to, at most one backup per call, and only when the client's retry budget
+  (:mod:`framework.budget`) allows: hedges and retries share it, so together they add at most
+  about a tenth of the calls to an overloaded cluster. A hedge away from a node already known to
+  be failing (ejected, or silent to a ping) is not paid for: it replaces a lost call.
+* **After.** The loser is forgotten (its late answer dropped, its frame not sent if still
+  queued). A primary that the backup beat counts as a failure for its node's health (three in a
+  row eject it for a while, one answer ends the streak), and its node gets a liveness ping: a
+  frozen or blackholed node is skipped once the ping goes unanswered (``stall_after``).
 
 The latency estimate is a log-bucket histogram per method, halved every ``window`` seconds, so it
 follows the last few seconds; adding a sample costs a bisect and an increment.
