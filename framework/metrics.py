@@ -134,25 +134,37 @@ class _ClientCollector:
     def __init__(self, client_of: Callable[[], Any]):
         self.client_of = client_of
 
+    #: (name, help, read(client)); a counter reads 0 while there is no client (or no hedging)
+    COUNTERS = (
+        ("framework_client_retries_refused",
+         "Retries the retry budget refused (the call failed instead).", lambda c: c.budget.refused),
+        ("framework_client_rate_ejections",
+         "Nodes ejected for failing far more often than their peers.",
+         lambda c: c.health.rate_ejections),
+        ("framework_client_hedges", "Backup copies sent for slow idempotent calls.",
+         lambda c: c.hedging.sent if c.hedging is not None else 0),
+        ("framework_client_hedges_won", "Backup copies that answered before the first copy.",
+         lambda c: c.hedging.won if c.hedging is not None else 0),
+    )
+
     def collect(self):
         client = self.client_of()
-        yield CounterMetricFamily("framework_client_retries_refused",
-                                  "Retries the retry budget refused (the call failed instead).",
-                                  value=client.budget.refused if client is not None else 0)
-        yield CounterMetricFamily("framework_client_rate_ejections",
-                                  "Nodes ejected for failing far more often than their peers.",
-                                  value=client.health.rate_ejections if client is not None else 0)
-        hedging = client.hedging if client is not None else None
-        yield CounterMetricFamily("framework_client_hedges",
-                                  "Backup copies sent for slow idempotent calls.",
-                                  value=hedging.sent if hedging is not None else 0)
-        yield CounterMetricFamily("framework_client_hedges_won",
-                                  "Backup copies that answered before the first copy.",
-                                  value=hedging.won if hedging is not None else 0)
+        for name, doc, read in self.COUNTERS:
+            yield CounterMetricFamily(name, doc, value=read(client) if client is not None else 0)
 
 
 class _NodeCollector:
     """Registration and lifecycle state of a Server, read at scrape time."""
+
+    #: (name, help, attribute of the Registration)
+    REGISTRATION = (
+        ("framework_registration_grants",
+         "Leases granted; more than 1 means the node re-registered.", "grants"),
+        ("framework_registration_restores", "Keys put back after they went missing from etcd.",
+         "restores"),
+        ("framework_registry_failures", "etcd errors met while keeping the registration alive.",
+         "failures"),
+    )
 
     def __init__(self, server: Any):
         self.server = server
@@ -167,15 +179,9 @@ class _NodeCollector:
         yield GaugeMetricFamily("framework_registered",
                                 "1 while the node's keys are in etcd on a live lease.",
                                 value=1 if reg is not None and reg.registered else 0)
-        yield CounterMetricFamily("framework_registration_grants",
-                                  "Leases granted; more than 1 means the node re-registered.",
-                                  value=reg.grants if reg is not None else 0)
-        yield CounterMetricFamily("framework_registration_restores",
-                                  "Keys put back after they went missing from etcd.",
-                                  value=reg.restores if reg is not None else 0)
-        yield CounterMetricFamily("framework_registry_failures",
-                                  "etcd errors met while keeping the registration alive.",
-                                  value=reg.failures if reg is not None else 0)
+        for name, doc, attribute in self.REGISTRATION:
+            yield CounterMetricFamily(name, doc,
+                                      value=getattr(reg, attribute) if reg is not None else 0)
         yield GaugeMetricFamily("framework_draining", "1 once the node began shutting down.",
                                 value=1 if server.draining else 0)
         yield CounterMetricFamily("framework_calls_shed",

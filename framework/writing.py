@@ -33,6 +33,17 @@ from gevent import sleep
 from gevent.socket import wait_write
 
 
+def _if_free(lock: Any, write: Callable[[], None]) -> bool:
+    """Run ``write()`` holding ``lock``, unless someone else holds it; False when it did not run."""
+    if not lock.acquire(False):
+        return False
+    try:
+        write()
+    finally:
+        lock.release()
+    return True
+
+
 def _cooperative() -> bool:
     """True in a gevent-patched process: there, deferring a write by one turn of the loop batches it."""
     from gevent import monkey
@@ -145,11 +156,8 @@ class FrameWriter:
 
     def _flush_threads(self) -> None:
         out = self.out
-        while out and self.backlog is None and self.lock.acquire(False):  # re-check after release
-            try:
-                self._flush()
-            finally:
-                self.lock.release()
+        while out and self.backlog is None and _if_free(self.lock, self._flush):
+            pass   # re-check after the release: a frame may have come meanwhile
 
     def _flush(self) -> None:
         out = self.out
@@ -239,11 +247,8 @@ class Outbox:
         self.out_bytes += len(frame)
         if self.flushing:
             # a full part goes out now instead of at the end of the burst (see the module docstring)
-            if len(out) >= self.part and self.write_lock.acquire(blocking=False):
-                try:
-                    self._write()
-                finally:
-                    self.write_lock.release()
+            if len(out) >= self.part:
+                self._write_if_free()
             return
         self.flushing = True
         try:
@@ -263,11 +268,12 @@ class Outbox:
         refusals) must not wait for the calls it queued (a running flush sends it instead)."""
         self.out.append(frame)
         self.out_bytes += len(frame)
-        if not self.flushing and self.write_lock.acquire(blocking=False):
-            try:
-                self._write()
-            finally:
-                self.write_lock.release()
+        if not self.flushing:
+            self._write_if_free()
+
+    def _write_if_free(self) -> None:
+        """Write what is queued, unless a write is under way (it then takes these frames too)."""
+        _if_free(self.write_lock, self._write)
 
     def _write(self) -> None:
         out = self.out
