@@ -42,12 +42,14 @@ class Sweeper:
     def due(self, at: float, stall_after: float) -> None:
         """A call's deadline is ``at``."""
         self.stall_after = stall_after
-        if stall_after:
-            at = min(at, time.monotonic() + stall_after / 2)
         if at < self.scan_at:
-            self.scan_at = at
-        if at < self.wake_at:
-            self.wake(at)
+            self.scan(at)
+
+    def scan(self, at: float) -> None:
+        """A call due at ``at`` came while no pass was due by then: pass over the calls now (the
+        pass sets the next one: the earliest deadline, or the next liveness check)."""
+        self.scan_at = 0.0
+        self.wake(0.0)
 
     def wake(self, at: float) -> None:
         self.wake_at = at

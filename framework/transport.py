@@ -249,21 +249,15 @@ class Connection:
         self._pending[rid] = (waiter, deadline, timeout, abandon_on_stall)
         sweeper = self._sweeper
         sweeper.stall_after = stall_after
-        # the sweeper's next pass: by this call's deadline, or its liveness check if sooner
-        due = deadline - timeout + stall_after / 2 if stall_after else deadline
-        if due > deadline:
-            due = deadline
-        if due < sweeper.scan_at:
-            sweeper.scan_at = due
+        if deadline < sweeper.scan_at:
+            sweeper.scan(deadline)   # it had nothing to watch: it looks at the calls now
         if hedge_at < deadline:
             queue = sweeper.hedges.get(method)   # one per method: its calls' hedge times rise
             if queue is None:
                 queue = sweeper.hedges.setdefault(method, collections.deque())
             queue.append((hedge_at, rid))
-            if hedge_at < due:
-                due = hedge_at
-        if due < sweeper.wake_at:
-            sweeper.wake(due)
+            if hedge_at < sweeper.wake_at:
+                sweeper.wake(hedge_at)
         self._send_request(rid, frame)
         try:
             # the reader, the sweeper (deadline, stall, hedge time) or _fail hands over the answer
