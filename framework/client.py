@@ -32,13 +32,14 @@ from .etcd import EtcdAPI, EtcdConfig
 from .health import Health
 from .hedging import Answers, HedgeDue, Hedging
 from .pool import Pool
+from .proxy import ServiceProxy
 
 log = logging.getLogger(__name__)
 
 #: errors a node answers with that count against its health: the framework failed on it (-32603),
 #: or it refused the call as overloaded (a node going away is draining, not failing)
 _NODE_FAILURES = (InternalError, Overloaded)
-# what an attempt's failure means for the call (see Client._judge)
+# what an attempt's failure means for the call (see _judge)
 _RETRY, _ANSWERED, _LOST = "retry", "answered", "lost"
 
 
@@ -57,7 +58,8 @@ class Client:
                  pool: Optional[Pool] = None, token: Optional[str] = None, tls: Any = None,
                  etcd_client: Optional[EtcdAPI] = None, balancer: Optional[Callable[[], Any]] = None,
                  retry_budget: Optional[RetryBudget] = None,
-                 hedging: Union[None, bool, Hedging] = None):
+                 hedging: Union[None, bool, Hedging] = None,
+                 prefer: Optional[Dict[str, str]] = None):
         self.timeout = timeout
         #: builds one policy per service (framework.balancer): P2C by default - `make bench` shows it
         #: no slower than RoundRobin on equal nodes and far better when one node is slow
@@ -79,6 +81,9 @@ class Client:
         self.hedging = None if hedging is False else (
             Hedging() if hedging is None or hedging is True else hedging)
         self._tails: Dict[str, Any] = {}   # "Service.method" -> its latency Tail (hedge delay)
+        #: labels to keep calls to (e.g. {"zone": "eu-1"}) while a node that has them is usable
+        self.prefer = dict(prefer or {})
+        self.prefer_fallbacks = 0   # calls that went to any node: no preferred one was usable
         self._balancers: Dict[str, Any] = {}
         # "Service.method" -> (snapshot, candidates, idempotent): recomputed only when the
         # discovery snapshot changes, so a call does no per-node work
@@ -127,17 +132,27 @@ class Client:
         return self.health.usable(node.address, time.monotonic())
 
     def _route(self, method: str, name: str, nodes: Sequence[Node]) -> tuple:
-        """``(snapshot, candidates, idempotent, tail)``: ``tail`` is None when calls to ``method``
-        are never hedged (not idempotent everywhere, a single node, or hedging off)."""
+        """``(snapshot, candidates, idempotent, tail, preferred)``: ``tail`` is None when calls to
+        ``method`` are never hedged (not idempotent everywhere, a single node, or hedging off);
+        ``preferred``: the candidates with the ``prefer`` labels (None without ``prefer``)."""
         candidates = tuple(n for n in nodes if n.has_method(name) is not False)
         idempotent = _idempotent(candidates, name)
         tail = None
         if idempotent and len(candidates) > 1 and self.hedging is not None:
             tail = self._tails.get(method) or self._tails.setdefault(method, self.hedging.tail())
-        route = (nodes, candidates, idempotent, tail)
+        preferred = tuple(n for n in candidates if n.matches(self.prefer)) if self.prefer else None
+        route = (nodes, candidates, idempotent, tail, preferred)
         if candidates:   # only real methods: a gateway's callers choose the method strings
             self._routes[method] = route
         return route
+
+    def _preferred(self, preferred: tuple, candidates: tuple) -> tuple:
+        """The preferred nodes while one of them is usable; else every candidate (counted)."""
+        now = time.monotonic()
+        if any(self.health.usable(n.address, now) for n in preferred):
+            return preferred
+        self.prefer_fallbacks += 1
+        return candidates
 
     def _on_change(self, service: str, added, removed, snapshot) -> None:
         live = {n.address for n in snapshot}
@@ -158,14 +173,16 @@ class Client:
         while True:
             remaining = deadline - now
             if remaining <= 0:
-                self._expired(service, method, timeout, last_error)
+                _expired(discovery, service, method, timeout, last_error)
             nodes = discovery.nodes(service, wait=remaining)
             route = self._routes.get(method)
             if route is None or route[0] is not nodes:
                 route = self._route(method, name, nodes)
             candidates, idempotent, tail = route[1], route[2], route[3]
+            if route[4] is not None:
+                candidates = self._preferred(route[4], candidates)
             if not candidates:
-                self._no_candidates(service, method, nodes)
+                _no_candidates(discovery, service, method, nodes)
                 now = time.monotonic()
                 continue  # first list not done yet; loop until it is or the deadline passes
             fresh = ([n for n in candidates if n.address not in tried] or candidates
@@ -189,7 +206,7 @@ class Client:
                     return result
                 last_error = result
             except RpcError as exc:
-                verdict = self._judge(node.address, exc, conn, idempotent, now)
+                verdict = _judge(self.health, node.address, exc, conn, idempotent, now)
                 ok = verdict is _ANSWERED   # for balancing, an answer is a success
                 if verdict is not _RETRY:
                     raise
@@ -208,27 +225,6 @@ class Client:
                                               deadline, last_error)
             now = time.monotonic()
 
-    def _judge(self, address: str, exc: RpcError, conn: Any, idempotent: bool,
-               now: float) -> str:
-        """An attempt on ``address`` failed with ``exc``: record it in the node's health, and say
-        what it means for the call - ``_RETRY`` (re-send it elsewhere), ``_ANSWERED`` (the node
-        answered with an error: raise it) or ``_LOST`` (raise it)."""
-        health = self.health
-        if isinstance(exc, NotSent):
-            health.record(address, False, True, now)
-            return _RETRY
-        if isinstance(exc, ConnectionLost):
-            # a dead connection ejects at once; a stalled node is skipped until it answers
-            health.record(address, False, conn is not None and not conn.alive, now)
-            return _RETRY if idempotent else _LOST
-        if isinstance(exc, Timeout):
-            health.record(address, False, False, now)
-            return _LOST
-        # a handler's error is an answer; _NODE_FAILURES are the node's own failures
-        health.record(address, type(exc) not in _NODE_FAILURES, False, now,
-                      type(exc) is not Overloaded)
-        return _RETRY if exc.not_processed else _ANSWERED  # going away / overloaded: not run
-
     def _race(self, due: HedgeDue, node: Node, route: tuple, method: str, params: Any,
               deadline: float, balancer: Any, started: float) -> Tuple[Optional[bool], Any]:
         """``node`` has not answered ``method`` by its hedge time: send a backup to another node
@@ -245,7 +241,7 @@ class Client:
             try:   # no backup: wait on for the first node
                 return True, due.conn.resume(due, deadline)
             except RpcError as exc:
-                if self._judge(node.address, exc, due.conn, True, time.monotonic()) is not _RETRY:
+                if _judge(self.health, node.address, exc, due.conn, True, now) is not _RETRY:
                     raise
                 return None, exc
         answers = Answers(due.conn.green)
@@ -276,7 +272,7 @@ class Client:
                         self._primary_lost(node, due.conn, now)
                     return tag == 0, value.get("result")
                 exc = value if isinstance(value, RpcError) else from_error_object(value["error"])
-                if self._judge(anode.address, exc, conn, True, now) is not _RETRY:
+                if _judge(self.health, anode.address, exc, conn, True, now) is not _RETRY:
                     raise exc
                 error = exc
             return None, error
@@ -328,61 +324,48 @@ class Client:
     def _new_balancer(self, service: str) -> Any:
         return self._balancers.setdefault(service, self.balancer())
 
-    def _expired(self, service: str, method: str, timeout: float,
-                 last_error: Optional[RpcError]) -> None:
-        """The deadline passed: raise what the caller should see."""
-        if last_error is not None and not isinstance(last_error, Timeout):
-            raise ServiceUnavailable(f"{method}: no node answered before the deadline "
-                                     f"(last error: {last_error})") from last_error
-        if not self.discovery.ready(service):
-            raise ServiceUnavailable(f"{method}: the registry could not be read before "
-                                     f"the deadline ({timeout:.3f}s)")
-        raise Timeout(f"{method}: deadline of {timeout:.3f}s passed") from last_error
 
-    def _no_candidates(self, service: str, method: str, nodes: Sequence[Node]) -> None:
-        """No node can take the call: raise, unless the service's first list is still pending."""
-        if nodes:
-            raise MethodNotFound(f"Method not found: {method} (no node of {service} has it)")
-        if self.discovery.ready(service):
-            raise ServiceUnavailable(f"no live node of {service}")
+def _judge(health: Health, address: str, exc: RpcError, conn: Any, idempotent: bool,
+           now: float) -> str:
+    """An attempt on ``address`` failed with ``exc``: record it in the node's health, and say what
+    it means for the call - ``_RETRY`` (re-send it elsewhere), ``_ANSWERED`` (the node answered
+    with an error: raise it) or ``_LOST`` (raise it)."""
+    if isinstance(exc, NotSent):
+        health.record(address, False, True, now)
+        return _RETRY
+    if isinstance(exc, ConnectionLost):
+        # a dead connection ejects at once; a stalled node is skipped until it answers
+        health.record(address, False, conn is not None and not conn.alive, now)
+        return _RETRY if idempotent else _LOST
+    if isinstance(exc, Timeout):
+        health.record(address, False, False, now)
+        return _LOST
+    # a handler's error is an answer; _NODE_FAILURES are the node's own failures (a node that
+    # refuses as overloaded is alive: no streak)
+    health.record(address, type(exc) not in _NODE_FAILURES, False, now, type(exc) is not Overloaded)
+    return _RETRY if exc.not_processed else _ANSWERED  # going away / overloaded: not run
+
+
+def _expired(discovery: Discovery, service: str, method: str, timeout: float,
+             last_error: Optional[RpcError]) -> None:
+    """The deadline passed: raise what the caller should see."""
+    if last_error is not None and not isinstance(last_error, Timeout):
+        raise ServiceUnavailable(f"{method}: no node answered before the deadline "
+                                 f"(last error: {last_error})") from last_error
+    if not discovery.ready(service):
+        raise ServiceUnavailable(f"{method}: the registry could not be read before "
+                                 f"the deadline ({timeout:.3f}s)")
+    raise Timeout(f"{method}: deadline of {timeout:.3f}s passed") from last_error
+
+
+def _no_candidates(discovery: Discovery, service: str, method: str,
+                   nodes: Sequence[Node]) -> None:
+    """No node can take the call: raise, unless the service's first list is still pending."""
+    if nodes:
+        raise MethodNotFound(f"Method not found: {method} (no node of {service} has it)")
+    if discovery.ready(service):
+        raise ServiceUnavailable(f"no live node of {service}")
 
 
 def _idempotent(nodes: Sequence[Node], method: str) -> bool:
     return all(n.idempotent(method) for n in nodes)
-
-
-class ServiceProxy:
-    """``client.HelloService``; attribute access gives cached :class:`MethodProxy` objects."""
-
-    __slots__ = ("_client", "_service", "__dict__")
-
-    def __init__(self, client: Client, service: str):
-        self._client = client
-        self._service = service
-
-    def __getattr__(self, name: str) -> "MethodProxy":
-        if name.startswith("_"):
-            raise AttributeError(name)
-        # a plain attribute from now on, as in Client.__getattr__
-        return self.__dict__.setdefault(name, MethodProxy(self._client, self._service, name))
-
-    def __repr__(self) -> str:
-        return f"<ServiceProxy {self._service}>"
-
-
-class MethodProxy:
-    __slots__ = ("_client", "_service", "_name", "_method")
-
-    def __init__(self, client: Client, service: str, name: str):
-        self._client, self._service, self._name = client, service, name
-        self._method = f"{service}.{name}"
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if args and kwargs:
-            raise TypeError("JSON-RPC params are either positional or named, not both")
-        client = self._client
-        return client._call(self._service, self._name, self._method, kwargs or args,
-                            client.timeout)
-
-    def __repr__(self) -> str:
-        return f"<MethodProxy {self._method}>"

@@ -145,6 +145,9 @@ class _ClientCollector:
          lambda c: c.hedging.sent if c.hedging is not None else 0),
         ("framework_client_hedges_won", "Backup copies that answered before the first copy.",
          lambda c: c.hedging.won if c.hedging is not None else 0),
+        ("framework_client_prefer_fallbacks",
+         "Calls sent to any node because no node with the preferred labels was usable.",
+         lambda c: c.prefer_fallbacks),
     )
 
     def collect(self):

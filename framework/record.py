@@ -8,7 +8,11 @@ accepts a bare ``{"address": ...}`` written by another language and the referenc
 
     {"address": "10.0.0.5:7001", "service": "HelloService", "protocol": "jsonrpc2-msgpack/1",
      "methods": {"Hello": {"idempotent": true}}, "pid": 4242, "hostname": "web-1",
-     "version": "0.1.0", "started": 1764600000.123, ...metadata given to the Server}
+     "version": "0.1.0", "started": 1764600000.123, "labels": {"zone": "eu-1", "version": "v2"},
+     ...metadata given to the Server}
+
+``labels`` are what callers route by (``Client(prefer={"zone": "eu-1"})``): string keys and values,
+at most :data:`MAX_LABELS` of them, each at most :data:`MAX_LABEL` characters.
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = "jsonrpc2-msgpack/1"
 #: fields every record of ours has; anything else came from the Server's ``metadata``
-STANDARD = ("address", "service", "methods", "protocol", "pid", "hostname", "version", "started")
+STANDARD = ("address", "service", "methods", "protocol", "pid", "hostname", "version", "started",
+            "labels")
+MAX_LABELS, MAX_LABEL = 16, 63
 
 
 class Node(NamedTuple):
@@ -44,6 +50,24 @@ class Node(NamedTuple):
         methods = self.meta.get("methods")
         return method in methods if isinstance(methods, dict) else None
 
+    def matches(self, wanted: Dict[str, str]) -> bool:
+        """True when the node's labels include every ``key: value`` of ``wanted``."""
+        labels = self.meta.get("labels")
+        return isinstance(labels, dict) and all(labels.get(k) == v for k, v in wanted.items())
+
+
+def check_labels(labels: Optional[Dict[str, str]]) -> Dict[str, str]:
+    """``labels`` as published, or ValueError naming what is wrong with them."""
+    labels = dict(labels or {})
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels, got {len(labels)}")
+    for k, v in labels.items():
+        if not (isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= MAX_LABEL
+                and len(v) <= MAX_LABEL):
+            raise ValueError(f"label {k!r}={v!r}: keys and values are strings of at most "
+                             f"{MAX_LABEL} characters (keys not empty)")
+    return labels
+
 
 def key(prefix: str, service: str, address: str) -> str:
     """Where a node of ``service`` at ``address`` is registered (``prefix`` ends with ``/``)."""
@@ -51,12 +75,13 @@ def key(prefix: str, service: str, address: str) -> str:
 
 
 def build(spec: Any, address: str, started: float, version: str,
-          metadata: Optional[Dict[str, Any]] = None) -> dict:
+          metadata: Optional[Dict[str, Any]] = None,
+          labels: Optional[Dict[str, str]] = None) -> dict:
     """The record a node publishes for one :class:`~framework.service.ServiceSpec`."""
     methods = {m.name: {"idempotent": m.idempotent} for m in spec.methods.values()}
     return {"address": address, "service": spec.name, "methods": methods, "protocol": PROTOCOL,
             "pid": os.getpid(), "hostname": socket.gethostname(), "version": version,
-            "started": started, **(metadata or {})}
+            "started": started, "labels": dict(labels or {}), **(metadata or {})}
 
 
 def encode(record: dict) -> str:
@@ -90,6 +115,9 @@ def summary(node: Node, now: float) -> str:
     started = meta.get("started")
     if isinstance(started, (int, float)) and started > 0:
         parts.append(f"up={max(0, int(now - started))}s")
+    labels = meta.get("labels")
+    if isinstance(labels, dict) and labels:
+        parts.append("labels[" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "]")
     parts += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
               for k, v in sorted(meta.items()) if k not in STANDARD]
     return "  ".join(parts)

@@ -98,7 +98,7 @@ class Server:
                  client_tls: Optional[ssl.SSLContext] = None,
                  max_conn_in_flight: Optional[int] = None, max_connections: Optional[int] = None,
                  frame_timeout: Optional[float] = None, write_timeout: Optional[float] = None,
-                 shedding: Union[None, bool, Shedder] = None):
+                 shedding: Union[None, bool, Shedder] = None, labels: Optional[dict] = None):
         if not services:
             raise ValueError("Server needs at least one service class")
         self.specs = [spec_of(cls) for cls in services]
@@ -108,6 +108,7 @@ class Server:
         self.advertise = advertise
         self.max_frame = max_frame
         self.token = token
+        self.labels = record.check_labels(labels)   # published for routing (Client(prefer=))
         self.metadata = dict(metadata or {})
         # tls: server-side context for the RPC port (see tls.server_tls_context);
         # client_tls: how this node's own client (self.client) verifies the nodes it calls
@@ -169,7 +170,8 @@ class Server:
 
     def record(self, spec) -> dict:
         """The record published for ``spec`` (see :mod:`framework.record`)."""
-        return record.build(spec, self.advertised, self.started_at, __version__, self.metadata)
+        return record.build(spec, self.advertised, self.started_at, __version__, self.metadata,
+                            self.labels)
 
     def start(self) -> "Server":
         # a bounded spawn pool: at max_connections the server stops accepting until one closes

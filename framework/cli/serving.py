@@ -115,6 +115,9 @@ def serve_parser(sub) -> None:
                    help="CA to verify other nodes' certificates when this node calls them")
     s.add_argument("--token", default=None,
                    help="require this shared token on every call ($FRAMEWORK_TOKEN; off by default)")
+    s.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label published in the registry record, for routing (repeatable): "
+                   "--label zone=eu-1 --label version=v2")
     s.add_argument("--max-concurrency", type=int, default=None,
                    help="calls in flight on this node (default 1000)")
     s.add_argument("--max-conn-in-flight", type=int, default=None,
@@ -146,9 +149,14 @@ def cmd_serve(args) -> int:
     if not services:
         print(f"error: no @framework.service class defined in {args.module}", file=sys.stderr)
         return EXIT_USAGE
-    server = Server(services, host=args.host, port=args.port, etcd=etcd_config(args), ttl=args.ttl,
-                    prefix=args.prefix, advertise=args.advertise, **rpc_security_options(args),
-                    **limit_options(args))
+    try:
+        labels = dict(label.split("=", 1) for label in args.label)
+        server = Server(services, host=args.host, port=args.port, etcd=etcd_config(args),
+                        ttl=args.ttl, prefix=args.prefix, advertise=args.advertise, labels=labels,
+                        **rpc_security_options(args), **limit_options(args))
+    except ValueError as exc:   # a label without "=", or one too long
+        print(f"error: --label: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.grace is not None:
         server.grace = args.grace
     if args.drain_timeout is not None:
