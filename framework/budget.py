@@ -1,7 +1,8 @@
 """Retry budget: retries may add at most a fraction of a client's calls, so an overloaded or broken
 cluster gets about the calls that were offered, not a multiple of them (a retry storm).
 
-The client notes every answered call and asks before each retry or hedge. Allowed are ``ratio`` of
+The client notes every answered call and asks before each retry or hedge (a call that never left
+the client, ``NotSent``, is re-sent without asking: no node saw it). Allowed are ``ratio`` of
 the answered calls plus ``floor`` a second, so a quiet client can still ride out one node's
 failure. Counting answers, not attempts (as gRPC's throttling does), makes the budget shrink when
 most calls fail: a cluster that refuses half its calls earns half the retries. Unused allowance

@@ -309,8 +309,10 @@ class Client:
                       deadline: float, last_error: Optional[RpcError]) -> Tuple[set, float]:
         """``address`` failed this call with ``last_error``, which allows a retry: take it from the
         retry budget (or raise), and once every node has failed, sleep ``pause`` (so a dead
-        registry entry can expire) and start over. Returns the nodes tried and the next pause."""
-        if not self.budget.withdraw(time.monotonic()):
+        registry entry can expire) and start over. Returns the nodes tried and the next pause.
+        A call that never left this process (NotSent: no node saw it) is re-sent free, as gRPC's
+        transparent retries are: it adds no load anywhere."""
+        if not isinstance(last_error, NotSent) and not self.budget.withdraw(time.monotonic()):
             raise ServiceUnavailable(f"retry budget exhausted (last error: {last_error})") \
                 from last_error
         tried = set() if tried is None else tried
