@@ -7,8 +7,10 @@ the answered calls plus ``floor`` a second, so a quiet client can still ride out
 failure. Counting answers, not attempts (as gRPC's throttling does), makes the budget shrink when
 most calls fail: a cluster that refuses half its calls earns half the retries. Unused allowance
 is saved up to ``burst`` plus ``ratio`` of the calls of about the last ``memory`` seconds, so a
-node that dies under a busy client may have all its calls in flight re-sent at once. This is Finagle's retry budget and gRPC's retry throttling (A6) in one
-token bucket. A call refused a retry fails with :class:`~framework.errors.ServiceUnavailable`,
+node that dies under a busy client may have all its calls in flight re-sent at once; ``burst``
+(50) also covers a client that has only just started (16 callers and a blackholed node needed
+more than 20). This is Finagle's retry budget and gRPC's retry throttling (A6) in one token
+bucket. A call refused a retry fails with :class:`~framework.errors.ServiceUnavailable`,
 whose cause is the error it would have retried.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 class RetryBudget:
     """Thread/greenlet safe without a lock: a lost update under a race only blurs the count."""
 
-    def __init__(self, ratio: float = 0.1, floor: float = 10.0, burst: float = 20.0,
+    def __init__(self, ratio: float = 0.1, floor: float = 10.0, burst: float = 50.0,
                  memory: float = 10.0):
         self.ratio, self.floor, self.burst, self.memory = ratio, floor, burst, memory
         self.calls = 0            # answered calls since the last settlement (the client bumps it)

@@ -189,7 +189,8 @@ def test_retries_add_at_most_a_tenth_of_the_calls_plus_a_small_floor(etcd, proce
     seconds = time.monotonic() - started
     received = sum(node.requests for node in nodes)
     issued = load.calls
-    allowed = issued * 1.1 + 10 * seconds + 20   # ratio, floor a second, burst
+    budget = client.budget
+    allowed = issued * (1 + budget.ratio) + budget.floor * seconds + budget.burst
     kinds = {e.value.split("(")[0] for e in load.errors}
     print(f"\ntwo nodes refusing every call, 8 callers for {seconds:.1f}s: {issued} calls, "
           f"{received} requests received ({received / issued:.2f}x), retries refused "
