@@ -115,12 +115,19 @@ def summary(node: Node, now: float) -> str:
     started = meta.get("started")
     if isinstance(started, (int, float)) and started > 0:
         parts.append(f"up={max(0, int(now - started))}s")
-    labels = meta.get("labels")
-    if isinstance(labels, dict) and labels:
-        parts.append("labels[" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "]")
+    if labels_text(meta):
+        parts.append(labels_text(meta))
     parts += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
               for k, v in sorted(meta.items()) if k not in STANDARD]
     return "  ".join(parts)
+
+
+def labels_text(meta: dict) -> str:
+    """``labels[version=v2,zone=eu-1]``, or "" when the record has none."""
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        return ""
+    return "labels[" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "]"
 
 
 def methods_line(node: Node) -> Optional[str]:

@@ -1,5 +1,8 @@
 """Routing by labels (issue 10, first part): nodes publish labels in their registry record, and a
 client can keep its calls to the nodes that have some of them while one of those is usable."""
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -18,6 +21,16 @@ def test_a_client_prefers_its_zone_and_falls_back_when_the_zone_is_gone(serve_no
     wait_until(lambda: len(client.nodes("HelloService")) == 3, message="three nodes listed")
     listing = cli("ls", "HelloService", "--etcd", etcd.endpoint).stdout
     assert "labels[version=v2,zone=eu-1]" in listing and listing.count("labels[zone=us-1]") == 2
+    watching = subprocess.Popen([sys.executable, "-m", "framework", "watch", "HelloService",
+                                 "--etcd", etcd.endpoint], stdout=subprocess.PIPE, text=True)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(watching.stdout), daemon=True).start()
+    try:
+        wait_until(lambda: len(lines) >= 3, message="watch to show the 3 nodes present at start")
+        first = list(lines)
+    finally:
+        watching.kill()
+    assert sum("labels[zone=us-1]" in line for line in first) == 2, first
 
     with Load(lambda: client.HelloService.Pid(), callers=4) as load:
         load.wait_calls(400)

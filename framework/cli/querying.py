@@ -197,6 +197,9 @@ class _Watcher:
             pid = node.meta.get("pid")
             if pid is not None:
                 line += f" pid={pid}"
+            from .. import record
+            if record.labels_text(node.meta):
+                line += " " + record.labels_text(node.meta)
         print(line, flush=True)
 
     def __call__(self, service: str, added, removed, snapshot) -> None:
