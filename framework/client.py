@@ -75,7 +75,8 @@ class Client:
         self.pool = pool or Pool(tls=tls)
         #: which nodes the balancer may pick: ejection of failing nodes, and stalls the pool saw
         self.health = Health(self.pool.stalled)
-        #: retries add at most 10% of the calls plus 10 a second (framework.budget)
+        #: retries and hedges add at most 10% of the answered calls plus 10 a second
+        #: (framework.budget)
         self.budget = retry_budget or RetryBudget()
         #: slow idempotent calls get a backup on another node (framework.hedging); False: never
         self.hedging = None if hedging is False else (
@@ -191,9 +192,7 @@ class Client:
                 node = fresh[0]  # what pick returns for one node, usable or not
             else:  # when every node is ejected, try one anyway
                 node = balancer.pick(fresh, self._usable) or balancer.pick(fresh)
-            hedge_at = 0.0   # Tail.hedge_at, inlined
-            if tail is not None:
-                hedge_at = now + (tail.delay if tail.delay < remaining * 0.5 else remaining * 0.5)
+            hedge_at = tail.hedge_at(now, remaining) if tail is not None else 0.0
             load, ok, conn = balancer.begin(node), False, None
             try:
                 conn = pool.get(node.address, remaining)

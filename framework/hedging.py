@@ -91,8 +91,7 @@ class Tail:
         self.settle_at = self.decay_at if self.delay < math.inf else now
 
     def hedge_at(self, now: float, remaining: float) -> float:
-        """When a call sent at ``now`` with ``remaining`` seconds left sends its backup (the
-        client inlines this)."""
+        """When a call sent at ``now`` with ``remaining`` seconds left sends its backup."""
         delay = remaining * 0.5
         return now + (self.delay if self.delay < delay else delay)
 

@@ -43,13 +43,10 @@ class Sweeper:
         """A call's deadline is ``at``."""
         self.stall_after = stall_after
         if at < self.scan_at:
-            self.scan(at)
-
-    def scan(self, at: float) -> None:
-        """A call due at ``at`` came while no pass was due by then: pass over the calls now (the
-        pass sets the next one: the earliest deadline, or the next liveness check)."""
-        self.scan_at = 0.0
-        self.wake(0.0)
+            # no pass was due by then: pass over the calls now (the pass sets the next one: the
+            # earliest deadline, or the next liveness check)
+            self.scan_at = 0.0
+            self.wake(0.0)
 
     def wake(self, at: float) -> None:
         self.wake_at = at

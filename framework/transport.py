@@ -248,9 +248,7 @@ class Connection:
         waiter = _Waiter(self._hub)
         self._pending[rid] = (waiter, deadline, timeout, abandon_on_stall)
         sweeper = self._sweeper
-        sweeper.stall_after = stall_after
-        if deadline < sweeper.scan_at:
-            sweeper.scan(deadline)   # it had nothing to watch: it looks at the calls now
+        sweeper.due(deadline, stall_after)
         if hedge_at < deadline:
             queue = sweeper.hedges.get(method)   # one per method: its calls' hedge times rise
             if queue is None:
