@@ -120,7 +120,9 @@ class Health:
         self._window_start = now
         nodes = list(self._nodes.items())
         rates = {a: h.failed / h.calls for a, h in nodes if h.calls >= self.min_calls}
-        budget = len(nodes) // 2 - sum(1 for _, h in nodes if not h.usable(now))
+        # at most half the nodes out *by rate*: a node out for a streak (refused connects, lost
+        # races) is out for a reason of its own and must not shield a node failing by rate
+        budget = len(nodes) // 2 - sum(1 for _, h in nodes if h.strikes and not h.usable(now))
         total, judged = sum(rates.values()), len(rates)
         for address, rate in sorted(rates.items(), key=lambda item: -item[1]):
             peers = (total - rate) / (judged - 1) if judged > 1 else 0.0   # the others' mean
