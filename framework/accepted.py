@@ -236,7 +236,7 @@ class AcceptedConnection:
         """Dispatch one request and send its answer; frees the request's in-flight slot."""
         node = self.node
         try:
-            response = node.dispatcher.handle(obj, received)
+            response = node.dispatcher.handle(obj, received, self.peer)
             if response is not None and not self.closed:
                 try:
                     frame = node.pack(response)

@@ -2,7 +2,9 @@
 
 Every policy has the same small surface, so the client treats them alike:
 
-* ``pick(candidates, usable=None)`` -> a node, or None when ``usable`` refuses all of them;
+* ``pick(candidates, usable=None, weights=None)`` -> a node, or None when ``usable`` refuses all
+  of them; ``weights``: cumulative weights of the candidates (:mod:`framework.routing`), None when
+  they are equal;
 * ``begin(node)`` -> a token the client hands back to ``end(token, seconds, ok)`` once the call is
   over (:class:`RoundRobin` keeps no per-call state, so both are no-ops);
 * ``forget(node)`` when a node leaves the registry.
@@ -12,6 +14,7 @@ and know nothing of ejection or stalls themselves.
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import random
@@ -27,10 +30,15 @@ class RoundRobin:
     def __init__(self):
         self._counter = itertools.count()
 
-    def pick(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]] = None) -> Optional[T]:
+    def pick(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]] = None,
+             weights: Optional[Sequence[float]] = None) -> Optional[T]:
         n = len(candidates)
         if not n:
             return None
+        if weights is not None:   # weighted: a random draw, which keeps the shares exact
+            node = candidates[_draw(weights, random.random())]
+            if usable is None or usable(node):
+                return node
         start = next(self._counter)
         if usable is None:
             return candidates[start % n]
@@ -105,8 +113,11 @@ class P2C:
             ewma *= _decay((time.monotonic() if now is None else now) - load.stamp, self.decay)
         return load.outstanding, ewma
 
-    def pick(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]] = None) -> Optional[T]:
+    def pick(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]] = None,
+             weights: Optional[Sequence[float]] = None) -> Optional[T]:
         n = len(candidates)
+        if weights is not None and n > 1:
+            return self._pick_weighted(candidates, usable, weights)
         if n > 1:
             rand = self._random
             i = int(rand() * n)
@@ -123,6 +134,22 @@ class P2C:
             if len(candidates) > 1:
                 return self.pick(candidates)
         return candidates[0] if candidates else None
+
+    def _pick_weighted(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]],
+                       weights: Sequence[float]) -> Optional[T]:
+        """Two draws in proportion to weight (with replacement); the one with fewer outstanding
+        calls per unit of weight wins, the first on a tie. With nothing outstanding the first
+        draw always wins, so the shares follow the weights exactly; under load a busy node
+        loses to an idler one, as in Envoy's weighted least-request balancer."""
+        rand = self._random
+        i, j = _draw(weights, rand()), _draw(weights, rand())
+        a, b = candidates[i], candidates[j]
+        if usable is None or (usable(a) and usable(b)):
+            wa = weights[i] - (weights[i - 1] if i else 0.0)
+            wb = weights[j] - (weights[j - 1] if j else 0.0)
+            oa, ob = self._load(a).outstanding, self._load(b).outstanding
+            return a if (oa + 1) * wb <= (ob + 1) * wa else b
+        return self.pick(candidates, usable)   # some are out: weights are moot, P2C the rest
 
     def begin(self, node: Any) -> _Load:
         load = self._load(node)
@@ -155,6 +182,11 @@ def _decay(elapsed: float, tau: float) -> float:
         return 1.0
     x = elapsed / tau
     return 1.0 - x if x < 0.001 else math.exp(-x)
+
+
+def _draw(cumulative: Sequence[float], r: float) -> int:
+    """The index a uniform ``r`` in [0, 1) falls on, in proportion to weight."""
+    return min(bisect.bisect_right(cumulative, r * cumulative[-1]), len(cumulative) - 1)
 
 
 def _address(node: Any) -> Hashable:

@@ -14,7 +14,13 @@ An idempotent call that is slow to answer is also sent to a second node, and the
 (:mod:`framework.budget`).
 
 Nodes that fail repeatedly, or refuse connections, are ejected for a growing backoff and taken back
-after one success; a node that leaves the registry is forgotten.
+after one success; a node that leaves the registry is forgotten. Which nodes a call may go to -
+its lane, preferred labels, weights - is :mod:`framework.routing`'s business.
+
+Around those attempts is the logical call (:meth:`Client._logical`): its deadline (the call's
+timeout, a per-method default, and inside a handler no later than the handler's own deadline), its
+metadata and trace context (:mod:`framework.calls`, :mod:`framework.tracing`) and the client's
+interceptors. A client with none of these, called outside a handler, goes straight to the attempts.
 """
 from __future__ import annotations
 
@@ -22,25 +28,24 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from . import calls
+from . import tracing as tracing_module
 from .balancer import P2C
 from .budget import RetryBudget
 from .discovery import DEFAULT_PREFIX, Discovery
 from .record import Node
-from .errors import (ConnectionLost, InternalError, MethodNotFound, NotSent, Overloaded, RpcError,
-                     ServiceUnavailable, Timeout, from_error_object)
+from .errors import MethodNotFound, NotSent, RpcError, ServiceUnavailable, Timeout
 from .etcd import EtcdAPI, EtcdConfig
-from .health import Health
-from .hedging import Answers, HedgeDue, Hedging
+from .health import ANSWERED, RETRY, Health
+from .hedging import HedgeDue, Hedging
+from .metrics import ClientMetrics, outcome_of
 from .pool import Pool
 from .proxy import ServiceProxy
+from .racing import race
+from .routing import Router
 
 log = logging.getLogger(__name__)
 
-#: errors a node answers with that count against its health: the framework failed on it (-32603),
-#: or it refused the call as overloaded (a node going away is draining, not failing)
-_NODE_FAILURES = (InternalError, Overloaded)
-# what an attempt's failure means for the call (see _judge)
-_RETRY, _ANSWERED, _LOST = "retry", "answered", "lost"
 
 
 class Client:
@@ -59,12 +64,18 @@ class Client:
                  etcd_client: Optional[EtcdAPI] = None, balancer: Optional[Callable[[], Any]] = None,
                  retry_budget: Optional[RetryBudget] = None,
                  hedging: Union[None, bool, Hedging] = None,
-                 prefer: Optional[Dict[str, str]] = None):
+                 prefer: Optional[Dict[str, str]] = None, lane: Optional[str] = None,
+                 interceptors: Sequence[calls.Interceptor] = (),
+                 timeouts: Optional[Dict[str, float]] = None, warmup: float = 10.0,
+                 tracing: Union[None, bool, tracing_module.Tracing] = None, metrics: Any = None):
         self.timeout = timeout
+        #: per-method default timeouts: {"Service.method": s, "Service.*": s}
+        self.timeouts = dict(timeouts or {})
         #: builds one policy per service (framework.balancer): P2C by default - `make bench` shows it
         #: no slower than RoundRobin on equal nodes and far better when one node is slow
         self.balancer = balancer or P2C
         self.token = token
+        self._meta = {"token": token} if token is not None else None   # meta of a plain call
         self._owns_discovery = discovery is None
         if discovery is None:
             etcd_client = etcd_client or EtcdConfig.coerce(etcd).client()
@@ -78,17 +89,21 @@ class Client:
         #: retries and hedges add at most 10% of the answered calls plus 10 a second
         #: (framework.budget)
         self.budget = retry_budget or RetryBudget()
+        self.retries = 0   # attempts re-sent after a failure
         #: slow idempotent calls get a backup on another node (framework.hedging); False: never
         self.hedging = None if hedging is False else (
             Hedging() if hedging is None or hedging is True else hedging)
-        self._tails: Dict[str, Any] = {}   # "Service.method" -> its latency Tail (hedge delay)
-        #: labels to keep calls to (e.g. {"zone": "eu-1"}) while a node that has them is usable
-        self.prefer = dict(prefer or {})
-        self.prefer_fallbacks = 0   # calls that went to any node: no preferred one was usable
+        #: lanes, preferred labels ({"zone": "eu-1"}), weights and slow start (framework.routing)
+        self.router = Router(self.hedging, prefer, warmup)
+        self.lane = lane
+        self.interceptors = list(interceptors)
+        self._proceed = calls.chain(self.interceptors, self._send)
+        self.tracing = tracing if isinstance(tracing, tracing_module.Tracing) else \
+            tracing_module.Tracing(tracing is not False)
+        #: calls by service, method and outcome, in a prometheus_client registry (None: not kept)
+        self.metrics = ClientMetrics(metrics, self) if metrics is not None else None
+        self._plain = not (self.interceptors or lane or self.metrics)
         self._balancers: Dict[str, Any] = {}
-        # "Service.method" -> (snapshot, candidates, idempotent): recomputed only when the
-        # discovery snapshot changes, so a call does no per-node work
-        self._routes: Dict[str, tuple] = {}
         discovery.subscribe(self._on_change)
 
     # ---- the public surface ----------------------------------------------------------------------
@@ -105,14 +120,24 @@ class Client:
         return [n.address for n in self.discovery.nodes(service, wait=self.timeout)]
 
     def call(self, method: str, params: Union[list, tuple, dict, None] = None,
-             timeout: Optional[float] = None) -> Any:
-        """Call ``"Service.method"`` with positional (list or tuple) or named (dict) params."""
+             timeout: Optional[float] = None, metadata: Optional[Dict[str, str]] = None) -> Any:
+        """Call ``"Service.method"`` with positional (list or tuple) or named (dict) params.
+        ``metadata``: strings sent with the call (:mod:`framework.calls` bounds them)."""
         service, _, name = method.rpartition(".")
         if not service or not name:
             raise MethodNotFound(f"method must be 'Service.method', got {method!r}")
         if params is None:
             params = ()   # a tuple packs as the same msgpack array as a list
-        return self._call(service, name, method, params, self.timeout if timeout is None else timeout)
+        return self._call(service, name, method, params, timeout, metadata)
+
+    @property
+    def prefer(self) -> Dict[str, str]:
+        return self.router.prefer
+
+    @property
+    def prefer_fallbacks(self) -> int:
+        """Calls that went to any node because no node with the ``prefer`` labels was usable."""
+        return self.router.prefer_fallbacks
 
     def close(self) -> None:
         self.discovery.unsubscribe(self._on_change)
@@ -129,46 +154,93 @@ class Client:
 
     # ---- the call path ---------------------------------------------------------------------------
 
-    def _usable(self, node: Node) -> bool:
+    def usable(self, node: Node) -> bool:
+        """True when the balancer may pick ``node`` now (not ejected, not stalled)."""
         return self.health.usable(node.address, time.monotonic())
-
-    def _route(self, method: str, name: str, nodes: Sequence[Node]) -> tuple:
-        """``(snapshot, candidates, idempotent, tail, preferred)``: ``tail`` is None when calls to
-        ``method`` are never hedged (not idempotent everywhere, a single node, or hedging off);
-        ``preferred``: the candidates with the ``prefer`` labels (None without ``prefer``)."""
-        candidates = tuple(n for n in nodes if n.has_method(name) is not False)
-        idempotent = _idempotent(candidates, name)
-        tail = None
-        if idempotent and len(candidates) > 1 and self.hedging is not None:
-            tail = self._tails.get(method) or self._tails.setdefault(method, self.hedging.tail())
-        preferred = tuple(n for n in candidates if n.matches(self.prefer)) if self.prefer else None
-        route = (nodes, candidates, idempotent, tail, preferred)
-        if candidates:   # only real methods: a gateway's callers choose the method strings
-            self._routes[method] = route
-        return route
-
-    def _preferred(self, preferred: tuple, candidates: tuple) -> tuple:
-        """The preferred nodes while one of them is usable; else every candidate (counted)."""
-        now = time.monotonic()
-        if any(self.health.usable(n.address, now) for n in preferred):
-            return preferred
-        self.prefer_fallbacks += 1
-        return candidates
 
     def _on_change(self, service: str, added, removed, snapshot) -> None:
         live = {n.address for n in snapshot}
         balancer = self._balancers.get(service)
+        self.router.joined(service, added)
         for node in removed:
             if node.address not in live:
                 self.pool.forget(node.address)
                 self.health.forget(node.address)
+                self.router.forget(node.address)
                 if balancer is not None:
                     balancer.forget(node)
 
-    def _call(self, service: str, name: str, method: str, params: Any, timeout: float) -> Any:
+    def _timeout(self, method: str) -> float:
+        """The default timeout of ``method``: ``timeouts["S.m"]``, ``["S.*"]``, else ``timeout``."""
+        timeouts = self.timeouts
+        if timeouts:
+            found = timeouts.get(method)
+            if found is None:
+                found = timeouts.get(method.rpartition(".")[0] + ".*")
+            if found is not None:
+                return found
+        return self.timeout
+
+    def _call(self, service: str, name: str, method: str, params: Any,
+              timeout: Optional[float] = None, metadata: Optional[Dict[str, str]] = None) -> Any:
+        if timeout is None:
+            timeout = self._timeout(method)
+        parent = calls.current()
+        if (parent is None and metadata is None and self._plain
+                and (not self.tracing.enabled or self.tracing.tracer() is None)):
+            now = time.monotonic()   # nothing around the attempts: straight to them
+            return self._attempts(service, name, method, params, now + timeout, timeout,
+                                  self._meta, None, None)
+        return self._logical(service, name, method, params, timeout, metadata, parent)
+
+    def _logical(self, service: str, name: str, method: str, params: Any, timeout: float,
+                 metadata: Optional[Dict[str, str]], parent: Optional[calls.Call]) -> Any:
+        """The call with its deadline, metadata, span, interceptors and metrics."""
+        started = time.monotonic()
+        deadline = started + timeout
+        md = calls.check_metadata(dict(metadata)) if metadata else {}
+        tracer = self.tracing.tracer() if self.tracing.enabled else None
+        if parent is not None:   # a handler's call: no later than the handler's own deadline
+            parent_deadline, context = calls.inherited(parent)
+            deadline = min(deadline, parent_deadline)
+            if tracer is None:   # else the node's SERVER span is the current context
+                for key, value in context.items():
+                    md.setdefault(key, value)
+        call = calls.Call(service, name, params, md, deadline)
+        if tracer is not None:
+            call.span = self.tracing.client_span(tracer, service, name, md)
+        if self.lane is not None:
+            md["baggage"] = calls.baggage_set(md.get("baggage"), "lane", self.lane)
+        error: Optional[RpcError] = None
+        try:
+            return self._proceed(call)
+        except RpcError as exc:
+            error = exc
+            raise
+        finally:
+            if call.span is not None:
+                tracing_module.end(call.span, error.code if error is not None else None,
+                                   str(error or ""))
+            if self.metrics is not None:
+                self.metrics.observe(service, name, outcome_of(error), time.monotonic() - started)
+
+    def _send(self, call: calls.Call) -> Any:
+        """The innermost ``proceed``: the attempts of ``call`` as the interceptors left it."""
+        md = call.metadata
+        meta = self._meta
+        lane = None
+        if md:
+            calls.check_metadata(md)
+            meta = {**(meta or {}), "metadata": md}
+            lane = calls.baggage_get(md.get("baggage"), "lane")
+        return self._attempts(call.service, call.method, f"{call.service}.{call.method}",
+                              call.params, call.deadline, call.deadline - time.monotonic(), meta,
+                              lane, call.span)
+
+    def _attempts(self, service: str, name: str, method: str, params: Any, deadline: float,
+                  timeout: float, meta: Optional[dict], lane: Optional[str], span: Any) -> Any:
         now = time.monotonic()
-        deadline = now + timeout
-        discovery, pool = self.discovery, self.pool
+        discovery, pool, router = self.discovery, self.pool, self.router
         balancer = self._balancers.get(service) or self._new_balancer(service)
         tried, last_error, pause = None, None, 0.005   # failed nodes, their error, the next pause
         while True:
@@ -176,14 +248,12 @@ class Client:
             if remaining <= 0:
                 _expired(discovery, service, method, timeout, last_error)
             nodes = discovery.nodes(service, wait=remaining)
-            route = self._routes.get(method)
-            if route is None or route[0] is not nodes:
-                route = self._route(method, name, nodes)
-            candidates, idempotent, tail = route[1], route[2], route[3]
-            if route[4] is not None:
-                candidates = self._preferred(route[4], candidates)
+            route = router.route(service, method, name, nodes, lane)
+            candidates, weights = route.candidates, route.weights
+            if route.preferred is not None or now >= route.stale_at:
+                candidates, weights = router.targets(route, self.usable, now)
             if not candidates:
-                _no_candidates(discovery, service, method, nodes)
+                _no_candidates(discovery, service, method, nodes, route.lane_miss, lane)
                 now = time.monotonic()
                 continue  # first list not done yet; loop until it is or the deadline passes
             fresh = ([n for n in candidates if n.address not in tried] or candidates
@@ -191,23 +261,28 @@ class Client:
             if len(fresh) == 1:
                 node = fresh[0]  # what pick returns for one node, usable or not
             else:  # when every node is ejected, try one anyway
-                node = balancer.pick(fresh, self._usable) or balancer.pick(fresh)
+                node = (balancer.pick(fresh, self.usable, weights if fresh is candidates else None)
+                        or balancer.pick(fresh))
+            if span is not None:
+                tracing_module.Tracing.attempt(span, node.address)
+            tail = route.tail
             hedge_at = tail.hedge_at(now, remaining) if tail is not None else 0.0
             load, ok, conn = balancer.begin(node), False, None
             try:
                 conn = pool.get(node.address, remaining)
-                result = conn.call(method, params, remaining, self.token, pool.stall_after,
-                                   idempotent, deadline, hedge_at)
+                result = conn.call(method, params, remaining, meta, pool.stall_after,
+                                   route.idempotent, deadline, hedge_at)
                 ok = True
             except HedgeDue as due:
-                ok, result = self._race(due, node, route, method, params, deadline, balancer, now)
+                ok, result = race(self, due, node, route, method, params, deadline, balancer,
+                                  now, meta, span)
                 if ok is not None:
                     return result
                 last_error = result
             except RpcError as exc:
-                verdict = _judge(self.health, node.address, exc, conn, idempotent, now)
-                ok = verdict is _ANSWERED   # for balancing, an answer is a success
-                if verdict is not _RETRY:
+                verdict = self.health.judge(node.address, exc, conn, route.idempotent, now)
+                ok = verdict is ANSWERED   # for balancing, an answer is a success
+                if verdict is not RETRY:
                     raise
                 last_error = exc
             else:
@@ -224,86 +299,6 @@ class Client:
                                               deadline, last_error)
             now = time.monotonic()
 
-    def _race(self, due: HedgeDue, node: Node, route: tuple, method: str, params: Any,
-              deadline: float, balancer: Any, started: float) -> Tuple[Optional[bool], Any]:
-        """``node`` has not answered ``method`` by its hedge time: send a backup to another node
-        and take the first answer. Returns ``(True, result)`` when ``node`` answered first,
-        ``(False, result)`` when the backup did, ``(None, error)`` when both failed in a way that
-        allows a retry; raises what the caller should see otherwise."""
-        others = [n for n in route[1] if n is not node]
-        # as for a first attempt: when no other node is usable, a guess beats waiting it out
-        other = balancer.pick(others, self._usable) or balancer.pick(others)
-        now = time.monotonic()
-        # a hedge away from a node already known to be failing (ejected, or silent to a ping)
-        # replaces a lost call, it adds no load: only a hedge away from a healthy node is paid for
-        if other is None or (self._usable(node) and not self.budget.withdraw(now, hedge=True)):
-            try:   # no backup: wait on for the first node
-                return True, due.conn.resume(due, deadline)
-            except RpcError as exc:
-                if _judge(self.health, node.address, exc, due.conn, True, now) is not _RETRY:
-                    raise
-                return None, exc
-        answers = Answers(due.conn.green)
-        due.conn.follow(due, answers.slot(0))
-        attempts = {0: (node, due.conn, due.rid, None)}
-        backup = self._backup(answers, other, method, params, deadline, balancer)
-        if backup is not None:
-            attempts[1] = backup
-        error: Optional[RpcError] = None
-        try:
-            while attempts:
-                got = answers.wait(deadline - time.monotonic())
-                if got is None:   # threaded world: nothing delivers a Timeout, the wait ends
-                    raise Timeout(f"{method}: deadline passed")
-                tag, value = got
-                attempt = attempts.pop(tag, None)
-                if attempt is None:
-                    continue   # a second copy of an answer
-                anode, conn, _, load = attempt
-                now = time.monotonic()
-                if load is not None:
-                    balancer.end(load, now - started, type(value) is dict, now)
-                if type(value) is dict and "error" not in value:
-                    self.health.record(anode.address, True, False, now)
-                    if tag:   # (the caller records a primary's answer)
-                        route[3].add(now - started, now)
-                        self.budget.calls += 1
-                        self._primary_lost(node, due.conn, now)
-                    return tag == 0, value.get("result")
-                exc = value if isinstance(value, RpcError) else from_error_object(value["error"])
-                if _judge(self.health, anode.address, exc, conn, True, now) is not _RETRY:
-                    raise exc
-                error = exc
-            return None, error
-        finally:
-            for _, conn, rid, load in attempts.values():   # the losers
-                conn.cancel(rid)
-                if load is not None:
-                    balancer.end(load, time.monotonic() - started, True)
-
-    def _backup(self, answers: Answers, other: Node, method: str, params: Any, deadline: float,
-                balancer: Any) -> Optional[tuple]:
-        """Send the hedge to ``other``; None when it could not be sent."""
-        now = time.monotonic()
-        load = balancer.begin(other)
-        try:
-            conn = self.pool.get(other.address, deadline - now)
-            rid = conn.start(method, params, deadline - now, self.token, deadline,
-                             self.pool.stall_after, answers.slot(1))
-        except NotSent:
-            self.health.record(other.address, False, True, now)
-            balancer.end(load, 0.0, False, now)
-            return None
-        self.hedging.sent += 1
-        return other, conn, rid, load
-
-    def _primary_lost(self, node: Node, conn: Any, now: float) -> None:
-        """The backup answered first: ``node`` was slow this time, a failure for its health (three
-        in a row eject it for a while); a ping tells whether it is frozen."""
-        self.hedging.won += 1
-        self.health.record(node.address, False, False, now)
-        conn.probe()
-
     def _before_retry(self, tried: Optional[set], address: str, candidates: int, pause: float,
                       deadline: float, last_error: Optional[RpcError]) -> Tuple[set, float]:
         """``address`` failed this call with ``last_error``, which allows a retry: take it from the
@@ -314,6 +309,7 @@ class Client:
         if not isinstance(last_error, NotSent) and not self.budget.withdraw(time.monotonic()):
             raise ServiceUnavailable(f"retry budget exhausted (last error: {last_error})") \
                 from last_error
+        self.retries += 1
         tried = set() if tried is None else tried
         tried.add(address)
         if len(tried) < candidates:
@@ -324,27 +320,6 @@ class Client:
 
     def _new_balancer(self, service: str) -> Any:
         return self._balancers.setdefault(service, self.balancer())
-
-
-def _judge(health: Health, address: str, exc: RpcError, conn: Any, idempotent: bool,
-           now: float) -> str:
-    """An attempt on ``address`` failed with ``exc``: record it in the node's health, and say what
-    it means for the call - ``_RETRY`` (re-send it elsewhere), ``_ANSWERED`` (the node answered
-    with an error: raise it) or ``_LOST`` (raise it)."""
-    if isinstance(exc, NotSent):
-        health.record(address, False, True, now)
-        return _RETRY
-    if isinstance(exc, ConnectionLost):
-        # a dead connection ejects at once; a stalled node is skipped until it answers
-        health.record(address, False, conn is not None and not conn.alive, now)
-        return _RETRY if idempotent else _LOST
-    if isinstance(exc, Timeout):
-        health.record(address, False, False, now)
-        return _LOST
-    # a handler's error is an answer; _NODE_FAILURES are the node's own failures (a node that
-    # refuses as overloaded is alive: no streak)
-    health.record(address, type(exc) not in _NODE_FAILURES, False, now, type(exc) is not Overloaded)
-    return _RETRY if exc.not_processed else _ANSWERED  # going away / overloaded: not run
 
 
 def _expired(discovery: Discovery, service: str, method: str, timeout: float,
@@ -359,14 +334,14 @@ def _expired(discovery: Discovery, service: str, method: str, timeout: float,
     raise Timeout(f"{method}: deadline of {timeout:.3f}s passed") from last_error
 
 
-def _no_candidates(discovery: Discovery, service: str, method: str,
-                   nodes: Sequence[Node]) -> None:
+def _no_candidates(discovery: Discovery, service: str, method: str, nodes: Sequence[Node],
+                   lane_miss: bool, lane: Optional[str]) -> None:
     """No node can take the call: raise, unless the service's first list is still pending."""
+    if lane_miss:
+        raise ServiceUnavailable(f"{method}: no node of {service} takes calls in "
+                                 + (f"lane {lane!r} or the baseline" if lane else "no lane")
+                                 + " (every node has a lane label)")
     if nodes:
         raise MethodNotFound(f"Method not found: {method} (no node of {service} has it)")
     if discovery.ready(service):
         raise ServiceUnavailable(f"no live node of {service}")
-
-
-def _idempotent(nodes: Sequence[Node], method: str) -> bool:
-    return all(n.idempotent(method) for n in nodes)

@@ -1,19 +1,24 @@
 """Dispatch: a decoded request object -> the handler -> a response object. Pure: no sockets, no etcd.
 
 The method table is built once per server from the services' :class:`~framework.service.ServiceSpec`;
-a request's ``method`` string is only ever used as a key into that table.
+a request's ``method`` string is only ever used as a key into that table. Each call runs as the
+current :class:`~framework.calls.Call` (``framework.current_call()``), inside the node's
+interceptors and, when OpenTelemetry is configured, inside a SERVER span
+(:mod:`framework.tracing`).
 """
 from __future__ import annotations
 
 import hmac
 import inspect
 import logging
+import math
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from . import protocol
+from . import calls, protocol
 from .errors import DeadlineExceeded, InvalidParams, MethodNotFound, RpcError, Unauthorized
 from .service import MethodSpec, spec_of
+from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +32,35 @@ class Dispatcher:
     ``started(received, started)`` as each call read at ``received`` starts (the node's
     :class:`~framework.shedding.Shedder`). A call whose deadline passed before it started does
     not start: it is observed with the outcome ``"expired"``.
+    ``interceptors``: ``fn(call, proceed)`` run around every handler, the first outermost.
     """
 
     def __init__(self, instances: Iterable[Any], token: Optional[str] = None,
                  observe: Optional[Callable[[str, str, str, float], None]] = None,
-                 started: Optional[Callable[[float, float], None]] = None):
-        self.table: Dict[str, Tuple[MethodSpec, Callable, str, Optional[Tuple[int, float]]]] = {}
+                 started: Optional[Callable[[float, float], None]] = None,
+                 interceptors: Iterable[calls.Interceptor] = (),
+                 tracing: Optional[Tracing] = None):
+        #: "Service.method" -> (spec, bound handler, service name, arity, proceed): ``proceed``
+        #: runs the interceptors and then the handler (None without interceptors)
+        self.table: Dict[str, Tuple[MethodSpec, Callable, str, Optional[Tuple[int, float]],
+                                    Optional[Callable]]] = {}
         self.token = token
         self._token = token.encode() if token is not None else b""
         self.observe = observe
         self.started = started
+        self.interceptors = list(interceptors)
+        self.tracing = tracing or Tracing()
         for instance in instances:
             spec = spec_of(type(instance))
             for name, mspec in spec.methods.items():
                 bound = mspec.function.__get__(instance, type(instance))
+                proceed = calls.chain(self.interceptors, _handler(bound)) \
+                    if self.interceptors else None
                 self.table[f"{spec.name}.{name}"] = (mspec, bound, spec.name,
-                                                     _arity(mspec.signature))
+                                                     _arity(mspec.signature), proceed)
 
-    def handle(self, obj: Any, received: Optional[float] = None) -> Optional[dict]:
+    def handle(self, obj: Any, received: Optional[float] = None,
+               peer: Any = None) -> Optional[dict]:
         """Run one decoded request object; returns the response object, or None for a notification."""
         if type(obj) is dict:
             # The usual request - an int or str id, a str method, list or map params - passes
@@ -58,19 +74,20 @@ class Dispatcher:
                     and obj.get("jsonrpc") == "2.0"):
                 meta = obj.get("meta")
                 return self._call(rid, method, params, meta if type(meta) is dict else _NO_META,
-                                  received)
+                                  received, peer)
         try:
             req = protocol.parse_request(obj)
         except RpcError as exc:
             return protocol.error_response(getattr(exc, "request_id", None), exc)
-        response = self.call(req, received)
+        response = self.call(req, received, peer)
         return None if req.is_notification else response
 
-    def call(self, req: protocol.Request, received: Optional[float] = None) -> dict:
-        return self._call(req.id, req.method, req.params, req.meta, received)
+    def call(self, req: protocol.Request, received: Optional[float] = None,
+             peer: Any = None) -> dict:
+        return self._call(req.id, req.method, req.params, req.meta, received, peer)
 
     def _call(self, rid: Any, method: str, params: Any, meta: dict,
-              received: Optional[float]) -> dict:
+              received: Optional[float], peer: Any = None) -> dict:
         if self.token is not None:
             # checked before the lookup, so a caller without the token cannot probe method names
             token = meta.get("token")
@@ -79,39 +96,85 @@ class Dispatcher:
         entry = self.table.get(method)
         if entry is None:
             return protocol.error_response(rid, MethodNotFound(f"Method not found: {method}"))
-        mspec, bound, service_name, arity = entry
+        mspec, bound, service_name, arity, proceed = entry
         started = time.monotonic()
-        if received is not None:
-            timeout_ms = meta.get("timeout_ms")
-            if isinstance(timeout_ms, (int, float)) and started - received > timeout_ms / 1000.0:
+        timeout_ms = meta.get("timeout_ms")
+        deadline = math.inf
+        if isinstance(timeout_ms, (int, float)):
+            deadline = (started if received is None else received) + timeout_ms / 1000.0
+            if received is not None and started > deadline:
                 if self.observe is not None:
                     self.observe(service_name, mspec.name, "expired", None)
                 return protocol.error_response(rid, DeadlineExceeded(
                     "deadline passed before the call started"))
-            if self.started is not None:
-                self.started(received, started)
+        if received is not None and self.started is not None:
+            self.started(received, started)
         outcome = "ok"
         try:
-            # positional params against a plain signature: two comparisons, not Signature.bind
-            if arity is None or type(params) is not list or not arity[0] <= len(params) <= arity[1]:
-                try:
-                    if isinstance(params, dict):
-                        mspec.signature.bind(**params)
-                    else:
-                        mspec.signature.bind(*params)
-                except TypeError as exc:
-                    outcome = "invalid_params"
-                    return protocol.error_response(rid, InvalidParams(f"Invalid params: {exc}"))
+            metadata = meta.get("metadata")
             try:
-                result = bound(**params) if isinstance(params, dict) else bound(*params)
-            except Exception as exc:  # the handler's failure is the caller's answer, not ours
-                outcome = "error"
-                log.debug("handler %s raised", method, exc_info=True)
+                metadata = {} if metadata is None else calls.check_metadata(metadata)
+                # positional params against a plain signature: two comparisons, not Signature.bind
+                if arity is None or type(params) is not list or \
+                        not arity[0] <= len(params) <= arity[1]:
+                    _bind(mspec, params)
+            except RpcError as exc:
+                outcome = "invalid_params" if isinstance(exc, InvalidParams) else "invalid_request"
                 return protocol.error_response(rid, exc)
-            return protocol.response(rid, result)
+            call = calls.Call(service_name, mspec.name, params, metadata, deadline, peer)
+            response = self._run(rid, call, bound, proceed)
+            if "error" in response:
+                outcome = "error"
+            return response
         finally:
             if self.observe is not None:
                 self.observe(service_name, mspec.name, outcome, time.monotonic() - started)
+
+    def _run(self, rid: Any, call: calls.Call, bound: Callable,
+             proceed: Optional[Callable]) -> dict:
+        """Run the handler (inside the interceptors) as the current call: its response."""
+        tracer = self.tracing.tracer() if self.tracing.enabled else None
+        span = None
+        if tracer is not None:
+            span, context_token = self.tracing.server_span(tracer, call.service, call.method,
+                                                           call.metadata, call.peer)
+            call.span = span
+        token = calls.enter(call)
+        try:
+            if proceed is not None:
+                result = proceed(call)
+            else:
+                params = call.params
+                result = bound(**params) if type(params) is dict else bound(*params)
+            response = protocol.response(rid, result)
+        except Exception as exc:  # the handler's failure is the caller's answer, not ours
+            log.debug("handler %s.%s raised", call.service, call.method, exc_info=True)
+            response = protocol.error_response(rid, exc)
+        finally:
+            calls.leave(token)
+        if span is not None:
+            error = response.get("error")
+            self.tracing.server_end(span, context_token, error["code"] if error else None)
+        return response
+
+
+def _handler(bound: Callable) -> Callable[[calls.Call], Any]:
+    """The innermost ``proceed`` of an interceptor chain: the handler, with the call's params."""
+    def run(call: calls.Call) -> Any:
+        params = call.params
+        return bound(**params) if isinstance(params, dict) else bound(*params)
+    return run
+
+
+def _bind(mspec: MethodSpec, params: Any) -> None:
+    """InvalidParams unless ``params`` bind to the method's signature."""
+    try:
+        if isinstance(params, dict):
+            mspec.signature.bind(**params)
+        else:
+            mspec.signature.bind(*params)
+    except TypeError as exc:
+        raise InvalidParams(f"Invalid params: {exc}") from None
 
 
 def _arity(signature: inspect.Signature) -> Optional[Tuple[int, float]]:

@@ -19,6 +19,10 @@ The per-call deadline is ``timeout`` seconds, or the request's ``meta.timeout_ms
 once :meth:`Gateway.stop` began, ``GET /metrics`` is Prometheus text (with every HTTP answer counted
 by status), and an ``Authorization`` header is not read: calls carry the gateway's own token.
 
+Calls carry as metadata the W3C trace headers (``traceparent``, ``tracestate``, ``baggage``: the
+gateway continues the HTTP caller's trace, and ``baggage: lane=canary`` puts the call in a swim
+lane) and the headers named in ``forward_headers`` (``--forward-header``), nothing else.
+
 The gateway needs a gevent-patched process (``python -m framework gateway`` patches at startup).
 """
 from __future__ import annotations
@@ -37,16 +41,13 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 from . import __version__, protocol
 from .client import Client
 from .discovery import DEFAULT_PREFIX
-from .errors import (CommunicationError, EtcdError, InternalError, InvalidParams, InvalidRequest,
-                     MethodNotFound, RemoteError, RpcError, ServiceUnavailable, Timeout,
-                     Unauthorized)
+from .errors import EtcdError, InternalError, MethodNotFound, RpcError, ServiceUnavailable
 from .jsonrpc_http import JsonRpcHttp, Limits
-from .metrics import GatewayMetrics
-from .web import HttpSurface
+from .metrics import UNKNOWN, GatewayMetrics, outcome_of
+from .web import TRACE_HEADERS, HttpSurface, header_metadata
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = "(unknown)"
 
 
 class _Handler(WSGIHandler):
@@ -61,19 +62,6 @@ class _Handler(WSGIHandler):
         super().handle()
 
 
-def outcome_of(exc: Optional[BaseException]) -> str:
-    """The ``outcome`` label of a call that raised ``exc`` (None: it succeeded)."""
-    if exc is None:
-        return "ok"
-    for cls, label in ((MethodNotFound, "not_found"), (InvalidParams, "invalid_params"),
-                       (InvalidRequest, "invalid_request"), (ServiceUnavailable, "unavailable"),
-                       (Timeout, "timeout"), (Unauthorized, "unauthorized"),
-                       (CommunicationError, "connection_lost"), (RemoteError, "error")):
-        if isinstance(exc, cls):
-            return label
-    return "unavailable" if getattr(exc, "not_processed", False) else "error"
-
-
 class Gateway:
     """Serves JSON-RPC over HTTP for every service in the registry. ``etcd`` as for :class:`Client`."""
 
@@ -85,18 +73,24 @@ class Gateway:
     def __init__(self, etcd: Union[None, str, Sequence[str]] = None, *, prefix: str = DEFAULT_PREFIX,
                  timeout: float = 5.0, max_timeout: float = 60.0, limits: Limits = Limits(),
                  token: Optional[str] = None, client: Optional[Client] = None,
-                 services: Sequence[str] = ()):
-        self.client = client or Client(etcd=etcd, timeout=timeout, prefix=prefix, token=token)
+                 services: Sequence[str] = (), forward_headers: Sequence[str] = ()):
+        self.metrics = GatewayMetrics(self)
+        #: the client's calls (retries, hedges, ejections) count in the gateway's /metrics too
+        self.client = client or Client(etcd=etcd, timeout=timeout, prefix=prefix, token=token,
+                                       metrics=self.metrics.registry)
         self._owns_client = client is None
         self.timeout = timeout
         self.max_timeout = max_timeout
         self.limits = limits
-        self.metrics = GatewayMetrics(self)
         # -32603 here means the node was lost mid-call: the upstream failed, not the gateway
         self.rpc = JsonRpcHttp(self._invoke, limits, statuses={InternalError.code: 502})
         self.draining = False
+        #: metadata of each call: the W3C trace headers and the ``forward_headers`` named, and
+        #: nothing else (a caller's body cannot set metadata the gateway was not told to pass on)
+        self._metadata = header_metadata(TRACE_HEADERS + tuple(forward_headers))
         self.wsgi = HttpSurface(self.rpc, self.metrics, health=self.health,
                                 draining=lambda: self.draining, on_status=self.metrics.answered,
+                                meta=lambda environ: {"metadata": self._metadata(environ)},
                                 log=log)
         # services seen in the registry, or declared: the only ones called
         self._known: set = set(services)
@@ -143,7 +137,8 @@ class Gateway:
                 raise MethodNotFound(f"Method not found: {req.method} "
                                      f"(no service {service!r} is registered)")
             labels = (service, name)
-            result = self.client.call(req.method, req.params, timeout=self._deadline(req))
+            result = self.client.call(req.method, req.params, timeout=self._deadline(req),
+                                      metadata=req.meta.get("metadata") or None)
             return protocol.response(req.id, result)
         except RpcError as exc:
             error = exc

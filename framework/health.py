@@ -26,9 +26,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
+
+from .errors import ConnectionLost, InternalError, NotSent, Overloaded, Timeout
 
 log = logging.getLogger(__name__)
+
+#: errors a node answers with that count against its health: the framework failed on it (-32603),
+#: or it refused the call as overloaded (a node going away is draining, not failing)
+NODE_FAILURES = (InternalError, Overloaded)
+#: what an attempt's failure means for the call (:meth:`Health.judge`)
+RETRY, ANSWERED, LOST = "retry", "answered", "lost"
 
 
 class NodeHealth:
@@ -85,6 +93,7 @@ class Health:
         self._nodes: Dict[str, NodeHealth] = {}
         self._window_start = 0.0
         self.rate_ejections = 0   # ejections by failure rate so far
+        self.streak_ejections = 0   # ejections for failures in a row (or a refused connect)
 
     def usable(self, address: str, now: float) -> bool:
         h = self._nodes.get(address)
@@ -111,11 +120,31 @@ class Health:
         h.failed += 1
         threshold = 1 if eject_now else self.eject_threshold
         if streak and h.failure(now, threshold, self.eject_base, self.eject_cap):
+            self.streak_ejections += 1
             log.info("ejected node %s for %.1fs", address, h.ejected_until - now)
         if now - self._window_start >= self.window:
-            self._judge(now)
+            self._judge_window(now)
 
-    def _judge(self, now: float) -> None:
+    def judge(self, address: str, exc: Any, conn: Any, idempotent: bool, now: float) -> str:
+        """An attempt on ``address`` failed with ``exc``: record it in the node's health, and say what
+        it means for the call - ``RETRY`` (re-send it elsewhere), ``ANSWERED`` (the node answered
+        with an error: raise it) or ``LOST`` (raise it)."""
+        if isinstance(exc, NotSent):
+            self.record(address, False, True, now)
+            return RETRY
+        if isinstance(exc, ConnectionLost):
+            # a dead connection ejects at once; a stalled node is skipped until it answers
+            self.record(address, False, conn is not None and not conn.alive, now)
+            return RETRY if idempotent else LOST
+        if isinstance(exc, Timeout):
+            self.record(address, False, False, now)
+            return LOST
+        # a handler's error is an answer; NODE_FAILURES are the node's own failures (a node that
+        # refuses as overloaded is alive: no streak)
+        self.record(address, type(exc) not in NODE_FAILURES, False, now, type(exc) is not Overloaded)
+        return RETRY if exc.not_processed else ANSWERED  # going away / overloaded: not run
+
+    def _judge_window(self, now: float) -> None:
         """The end of a window: eject the nodes that failed far more often than their peers."""
         self._window_start = now
         nodes = list(self._nodes.items())

@@ -21,7 +21,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from . import __version__, protocol
 from .errors import GoingAway
 from .jsonrpc_http import JsonRpcHttp, Limits
-from .web import HttpSurface
+from .web import TRACE_HEADERS, HttpSurface, header_metadata
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,19 @@ class _Replay:
         return getattr(self._sock_obj, name)
 
 
+_trace_metadata = header_metadata(TRACE_HEADERS)
+
+
 def bearer_meta(environ: dict) -> Optional[dict]:
-    """``Authorization: Bearer <token>`` as the ``meta`` of each call; None without one."""
+    """``Authorization: Bearer <token>`` and the W3C trace headers as the ``meta`` of each call;
+    None without either."""
     auth = environ.get("HTTP_AUTHORIZATION", "")
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-    return {"token": token} if token else None
+    meta: dict = {"token": token} if token else {}
+    metadata = _trace_metadata(environ)
+    if metadata:
+        meta["metadata"] = metadata
+    return meta or None
 
 
 class NodeHttp:

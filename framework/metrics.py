@@ -11,7 +11,11 @@ Counted on the call path (the dispatcher's / gateway's ``observe`` hook):
 * ``framework_gateway_calls_total{service,method,outcome}`` and
   ``framework_gateway_call_duration_seconds{service,method}`` - on a gateway. Names the gateway has
   never seen registered are counted as ``service="(unknown)"``, so hostile method strings cannot
-  grow the label set.
+  grow the label set;
+* ``framework_client_calls_total{service,method,outcome}`` and
+  ``framework_client_call_duration_seconds{service,method}`` - the logical calls of a client given
+  ``Client(metrics=registry)``: a node's own client (``self.client``) and a gateway's count into
+  their ``/metrics``. Only methods some node has are named; others count as "(unknown)".
 
 Read from live state at scrape time (nothing on the call path):
 
@@ -21,9 +25,11 @@ Read from live state at scrape time (nothing on the call path):
 * ``framework_discovery_nodes{service}`` and ``framework_discovery_resyncs_total{service}`` from
   the watched cache (a node's own client, or the gateway's);
 * ``framework_calls_shed_total``: calls the node refused as overloaded (nodes only);
-* ``framework_client_retries_refused_total``, ``framework_client_rate_ejections_total``,
-  ``framework_client_hedges_total`` and ``framework_client_hedges_won_total`` from that client's
-  retry budget, node health and hedging.
+* ``framework_client_retries_total``, ``framework_client_retries_refused_total``,
+  ``framework_client_ejections_total``, ``framework_client_rate_ejections_total``,
+  ``framework_client_hedges_total``, ``framework_client_hedges_won_total`` and
+  ``framework_client_prefer_fallbacks_total`` from that client's retries, retry budget, node
+  health, hedging and routing.
 """
 from __future__ import annotations
 
@@ -36,6 +42,10 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
+from .errors import (CommunicationError, InvalidParams, InvalidRequest, MethodNotFound, RemoteError,
+                     ServiceUnavailable, Timeout, Unauthorized)
+
+UNKNOWN = "(unknown)"
 
 #: RPCs on loopback take well under a millisecond, so the buckets start far below the default 5 ms
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -106,6 +116,19 @@ class CallMetrics:
         return generate_latest(self.registry)
 
 
+def outcome_of(exc: Optional[BaseException]) -> str:
+    """The ``outcome`` label of a call that raised ``exc`` (None: it succeeded)."""
+    if exc is None:
+        return "ok"
+    for cls, label in ((MethodNotFound, "not_found"), (InvalidParams, "invalid_params"),
+                       (InvalidRequest, "invalid_request"), (ServiceUnavailable, "unavailable"),
+                       (Timeout, "timeout"), (Unauthorized, "unauthorized"),
+                       (CommunicationError, "connection_lost"), (RemoteError, "error")):
+        if isinstance(exc, cls):
+            return label
+    return "unavailable" if getattr(exc, "not_processed", False) else "error"
+
+
 class _DiscoveryCollector:
     """Node counts and resyncs of a :class:`~framework.discovery.Discovery`, read at scrape time."""
 
@@ -136,11 +159,15 @@ class _ClientCollector:
 
     #: (name, help, read(client)); a counter reads 0 while there is no client (or no hedging)
     COUNTERS = (
+        ("framework_client_retries", "Attempts re-sent to another node after a failure.",
+         lambda c: c.retries),
         ("framework_client_retries_refused",
          "Retries the retry budget refused (the call failed instead).", lambda c: c.budget.refused),
         ("framework_client_rate_ejections",
          "Nodes ejected for failing far more often than their peers.",
          lambda c: c.health.rate_ejections),
+        ("framework_client_ejections", "Nodes ejected for failures in a row or a refused connect.",
+         lambda c: c.health.streak_ejections),
         ("framework_client_hedges", "Backup copies sent for slow idempotent calls.",
          lambda c: c.hedging.sent if c.hedging is not None else 0),
         ("framework_client_hedges_won", "Backup copies that answered before the first copy.",
@@ -207,7 +234,6 @@ class NodeMetrics(CallMetrics):
                          in_flight=lambda: _pool_size(getattr(server, "pool", None)))
         self.registry.register(_NodeCollector(server))
         self.registry.register(_DiscoveryCollector(lambda: getattr(server, "discovery", None)))
-        self.registry.register(_ClientCollector(lambda: getattr(server, "client", None)))
 
 
 class GatewayMetrics(CallMetrics):
@@ -220,7 +246,6 @@ class GatewayMetrics(CallMetrics):
         self.http = Counter("framework_gateway_http_responses", "HTTP answers, by status code.",
                             ("status",), registry=self.registry)
         self.registry.register(_DiscoveryCollector(lambda: gateway.client.discovery))
-        self.registry.register(_ClientCollector(lambda: gateway.client))
 
     def started(self) -> None:
         self._in_flight += 1
@@ -231,3 +256,24 @@ class GatewayMetrics(CallMetrics):
     def answered(self, status: int) -> None:
         """Count one HTTP answer (the gateway's ``HttpSurface`` calls this for every response)."""
         self.http.labels(str(status)).inc()
+
+
+class ClientMetrics(CallMetrics):
+    """The metrics of one :class:`~framework.client.Client`, in the application's ``registry``:
+    its logical calls (``observe``, from the client's call path) and, read at scrape time, its
+    retries, ejections, hedges and fallbacks."""
+
+    def __init__(self, registry: CollectorRegistry, client: Any):
+        self.client = client
+        super().__init__(registry, "framework_client", in_flight=self._in_flight)
+        registry.register(_ClientCollector(lambda: client))
+
+    def _in_flight(self) -> float:
+        return float(sum(conn.in_flight for conn in list(self.client.pool._conns.values())))
+
+    def observe(self, service: str, method: str, outcome: str, seconds: Optional[float]) -> None:
+        # method names come from callers: only those some node serves get a label of their own
+        if not self.client.router.known(f"{service}.{method}"):
+            service = method = UNKNOWN
+        super().observe(service, method, outcome, seconds)
+

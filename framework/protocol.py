@@ -19,8 +19,9 @@ Frame layout (all integers big-endian)::
 
   ``id`` is an int or str (absent for a notification, which gets no answer); ``params`` is an array
   (positional) or a map (named) and may be absent; ``meta`` is this framework's optional extension map:
-  ``timeout_ms`` (the caller's remaining deadline; a node skips work whose deadline has passed) and
-  ``token`` (shared-token auth). Unknown ``meta`` keys are ignored.
+  ``timeout_ms`` (the caller's remaining deadline; a node skips work whose deadline has passed),
+  ``token`` (shared-token auth) and ``metadata`` (a map of strings: the caller's metadata and the
+  W3C trace context, see :mod:`framework.calls`). Unknown ``meta`` keys are ignored.
 * A response body is ``{"jsonrpc": "2.0", "id": <same id>, "result": ...}`` or
   ``{"jsonrpc": "2.0", "id": <same id or nil>, "error": {"code": int, "message": str, "data": any}}``.
 * One connection carries many requests at once. Responses come back in completion order, not request
@@ -74,9 +75,10 @@ def frame_packer() -> Callable[[Any], bytes]:
 
 
 def request_packer(one_thread: bool = True) -> Callable[..., bytes]:
-    """``pack_request(rid, method, params, timeout_ms=None, token=None)`` -> the frame of
+    """``pack_request(rid, method, params, timeout_ms=None, meta=None)`` -> the frame of
     :func:`request`'s object, built from a cached encoding of its constant keys and of the method
     name, so a call packs only its id, params and meta (the saving: docs/performance.md).
+    ``meta``: the request's other ``meta`` entries (``token``, ``metadata``), or None.
     ``one_thread``: reuse one ``msgpack.Packer`` (greenlets of one hub); False for callers on
     several OS threads."""
     packb = (msgpack.Packer(use_bin_type=True).pack if one_thread
@@ -85,22 +87,21 @@ def request_packer(one_thread: bool = True) -> Callable[..., bytes]:
     heads: dict = {}
 
     def pack_request(rid: Any, method: str, params: Union[list, dict],
-                     timeout_ms: Optional[int] = None, token: Optional[str] = None) -> bytes:
+                     timeout_ms: Optional[int] = None, meta: Optional[dict] = None) -> bytes:
         head = heads.get(method)
         if head is None:
             if len(heads) >= 4096:  # method names come from callers: bound the cache
                 heads.clear()
             head = heads[method] = b"".join(map(packb, ("jsonrpc", "2.0", "method", method, "id")))
-        if token is None:
+        if meta is None:
             if timeout_ms is None:
                 body = b"".join((b"\x84", head, packb(rid), b"\xa6params", packb(params)))
             else:
                 body = b"".join((b"\x85", head, packb(rid), b"\xa6params", packb(params),
                                  b"\xa4meta\x81\xaatimeout_ms", packb(timeout_ms)))
         else:
-            meta: dict = {"token": token}
             if timeout_ms is not None:
-                meta["timeout_ms"] = timeout_ms
+                meta = {**meta, "timeout_ms": timeout_ms}
             body = b"".join((b"\x85", head, packb(rid), b"\xa6params", packb(params),
                              b"\xa4meta", packb(meta)))
         return header(len(body)) + body
@@ -251,13 +252,10 @@ def error_response(rid: Any, exc: BaseException, typed: bool = False) -> dict:
 
 
 def request(rid: Any, method: str, params: Union[list, dict], timeout_ms: Optional[int] = None,
-            token: Optional[str] = None) -> dict:
+            meta: Optional[dict] = None) -> dict:
     obj = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
-    if timeout_ms is not None or token is not None:
-        meta = {}
+    if timeout_ms is not None or meta is not None:
+        obj["meta"] = dict(meta or {})
         if timeout_ms is not None:
-            meta["timeout_ms"] = timeout_ms
-        if token is not None:
-            meta["token"] = token
-        obj["meta"] = meta
+            obj["meta"]["timeout_ms"] = timeout_ms
     return obj

@@ -38,9 +38,7 @@ class MethodProxy:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if args and kwargs:
             raise TypeError("JSON-RPC params are either positional or named, not both")
-        client = self._client
-        return client._call(self._service, self._name, self._method, kwargs or args,
-                            client.timeout)
+        return self._client._call(self._service, self._name, self._method, kwargs or args)
 
     def __repr__(self) -> str:
         return f"<MethodProxy {self._method}>"

@@ -11,8 +11,10 @@ accepts a bare ``{"address": ...}`` written by another language and the referenc
      "version": "0.1.0", "started": 1764600000.123, "labels": {"zone": "eu-1", "version": "v2"},
      ...metadata given to the Server}
 
-``labels`` are what callers route by (``Client(prefer={"zone": "eu-1"})``): string keys and values,
-at most :data:`MAX_LABELS` of them, each at most :data:`MAX_LABEL` characters.
+``labels`` are what callers route by (:mod:`framework.routing`): ``lane`` (swim lanes), ``weight``
+(share of traffic, default 100) and any the callers prefer (``Client(prefer={"zone": "eu-1"})``).
+String keys and values, at most :data:`MAX_LABELS` of them, each at most :data:`MAX_LABEL`
+characters; a ``weight`` must be an integer from 0 to 10000.
 """
 from __future__ import annotations
 
@@ -50,6 +52,20 @@ class Node(NamedTuple):
         methods = self.meta.get("methods")
         return method in methods if isinstance(methods, dict) else None
 
+    def label(self, name: str) -> Optional[str]:
+        labels = self.meta.get("labels")
+        return labels.get(name) if isinstance(labels, dict) else None
+
+    def weight(self, default: int) -> int:
+        """The node's ``weight`` label (0 to 10000), else ``default``."""
+        text = self.label("weight")
+        if text is None:
+            return default
+        try:
+            return min(10000, max(0, int(text)))
+        except ValueError:
+            return default
+
     def matches(self, wanted: Dict[str, str]) -> bool:
         """True when the node's labels include every ``key: value`` of ``wanted``."""
         labels = self.meta.get("labels")
@@ -66,6 +82,8 @@ def check_labels(labels: Optional[Dict[str, str]]) -> Dict[str, str]:
                 and len(v) <= MAX_LABEL):
             raise ValueError(f"label {k!r}={v!r}: keys and values are strings of at most "
                              f"{MAX_LABEL} characters (keys not empty)")
+    if "weight" in labels and not (labels["weight"].isdigit() and int(labels["weight"]) <= 10000):
+        raise ValueError(f"label weight={labels['weight']!r}: an integer from 0 to 10000")
     return labels
 
 

@@ -29,6 +29,7 @@ from gevent.server import StreamServer
 
 from . import __version__, protocol, record
 from .accepted import AcceptedConnection
+from .calls import Interceptor
 from .client import Client
 from .discovery import DEFAULT_PREFIX, Discovery
 from .dispatch import Dispatcher
@@ -38,6 +39,7 @@ from .metrics import NodeMetrics
 from .registry import Registration
 from .service import spec_of
 from .shedding import Shedder
+from .tracing import Tracing
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,9 @@ class Server:
                  client_tls: Optional[ssl.SSLContext] = None,
                  max_conn_in_flight: Optional[int] = None, max_connections: Optional[int] = None,
                  frame_timeout: Optional[float] = None, write_timeout: Optional[float] = None,
-                 shedding: Union[None, bool, Shedder] = None, labels: Optional[dict] = None):
+                 shedding: Union[None, bool, Shedder] = None, labels: Optional[dict] = None,
+                 interceptors: Sequence[Interceptor] = (), tracing: Optional[Tracing] = None,
+                 client_options: Optional[dict] = None):
         if not services:
             raise ValueError("Server needs at least one service class")
         self.specs = [spec_of(cls) for cls in services]
@@ -108,10 +112,9 @@ class Server:
         self.advertise = advertise
         self.max_frame = max_frame
         self.token = token
-        self.labels = record.check_labels(labels)   # published for routing (Client(prefer=))
+        self.labels = record.check_labels(labels)   # published for routing (framework.routing)
         self.metadata = dict(metadata or {})
-        # tls: server-side context for the RPC port (see tls.server_tls_context);
-        # client_tls: how this node's own client (self.client) verifies the nodes it calls
+        # tls: server-side context for the RPC port (see tls.server_tls_context)
         self.tls = tls
         if tls is not None:
             self.metadata.setdefault("tls", True)
@@ -123,20 +126,24 @@ class Server:
         #: refuses calls that would wait too long (framework.shedding); shedding=False: never
         self.shedder = shedding if isinstance(shedding, Shedder) else Shedder(
             enabled=shedding is not False)
+        self.metrics = NodeMetrics(self)
         self.etcd: Optional[EtcdAPI] = None
         if etcd is not False:
             self.etcd = etcd_client or EtcdConfig.coerce(etcd).client()
         self.discovery: Optional[Discovery] = (
             Discovery(self.etcd, self.prefix) if self.etcd is not None else None)
         self.instances = [spec.cls() for spec in self.specs]
+        # self.client: calls the handlers make, counted in this node's /metrics; client_tls: how
+        # it verifies the nodes it calls; client_options: any other Client argument
         self.client: Optional[Client] = (
-            Client(discovery=self.discovery, token=token, tls=client_tls)
+            Client(discovery=self.discovery, token=token, tls=client_tls,
+                   metrics=self.metrics.registry, **(client_options or {}))
             if self.discovery else None)
         for instance in self.instances:
             instance.client = self.client
-        self.metrics = NodeMetrics(self)
         self.dispatcher = Dispatcher(self.instances, token=token, observe=self.metrics.observe,
-                                     started=self.shedder.note if self.shedder.enabled else None)
+                                     started=self.shedder.note if self.shedder.enabled else None,
+                                     interceptors=interceptors, tracing=tracing)
         self.pack = protocol.frame_packer()   # the node's greenlets share one OS thread
         self.pool = Workers(max_concurrency)
         self.registration: Optional[Registration] = None

@@ -134,10 +134,11 @@ class Connection:
         except OSError as exc:
             self._fail(exc)
 
-    def call(self, method: str, params: Any, timeout: float, token: Optional[str] = None,
+    def call(self, method: str, params: Any, timeout: float, meta: Optional[dict] = None,
              stall_after: float = 0.0, abandon_on_stall: bool = False,
              deadline: Optional[float] = None, hedge_at: float = 0.0) -> Any:
-        """Send one request and wait for its result (or raise its error). ``deadline``: the
+        """Send one request and wait for its result (or raise its error). ``meta``: the request's
+        ``meta`` entries besides ``timeout_ms`` (token, metadata), or None. ``deadline``: the
         ``time.monotonic()`` value ``timeout`` ends at, when the caller already has it.
 
         With ``stall_after``, a call that has waited that long checks the node's liveness with a
@@ -147,7 +148,7 @@ class Connection:
         if not self.alive or not self.accepting:
             raise NotSent(f"connection to {self.address} is closed")
         rid = next(self._ids)
-        frame = self._pack(rid, method, params, int(timeout * 1000), token)
+        frame = self._pack(rid, method, params, int(timeout * 1000), meta)
         if deadline is None:
             deadline = time.monotonic() + timeout
         if self._hub is not None:
@@ -195,14 +196,14 @@ class Connection:
                     raise ConnectionLost(f"{self.address} stopped answering (no reply to a ping "
                                          f"in {stall_after:.2f}s)")
 
-    def start(self, method: str, params: Any, timeout: float, token: Optional[str],
+    def start(self, method: str, params: Any, timeout: float, meta: Optional[dict],
               deadline: float, stall_after: float, slot: Any) -> int:
         """Send a request whose answer (or error) goes to ``slot.switch``, without waiting: a
         hedge. Returns its id, for :meth:`cancel`."""
         if not self.alive or not self.accepting:
             raise NotSent(f"connection to {self.address} is closed")
         rid = next(self._ids)
-        frame = self._pack(rid, method, params, int(timeout * 1000), token)
+        frame = self._pack(rid, method, params, int(timeout * 1000), meta)
         if self._hub is not None:
             self._pending[rid] = (slot, deadline, timeout, True)
             self._sweeper.due(deadline, stall_after)

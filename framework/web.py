@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .jsonrpc_http import JsonRpcHttp, respond, serve_post
 
@@ -33,6 +33,19 @@ def json_body(obj: Any) -> bytes:
 
 def _no_meta(environ: dict) -> Optional[dict]:
     return None
+
+
+#: the HTTP headers of the W3C trace context, passed on as call metadata by nodes and the gateway
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+def header_metadata(names: Sequence[str]) -> Callable[[dict], Dict[str, str]]:
+    """``metadata(environ)``: the request's headers named in ``names`` (lower-cased keys)."""
+    keys = [(name.lower(), "HTTP_" + name.upper().replace("-", "_")) for name in names]
+
+    def metadata(environ: dict) -> Dict[str, str]:
+        return {key: environ[env] for key, env in keys if env in environ}
+    return metadata
 
 
 class HttpSurface:

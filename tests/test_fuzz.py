@@ -248,8 +248,9 @@ comparable = st.recursive(   # like ``values`` without NaN, which never equals i
 def test_request_packer_frames_decode_to_the_documented_request(rid, method, params, timeout_ms,
                                                                  token, one_thread):
     # the client's cached encoding must be indistinguishable from packing protocol.request()
-    frame = protocol.request_packer(one_thread)(rid, method, params, timeout_ms, token)
+    meta = None if token is None else {"token": token, "metadata": {"x-user": token}}
+    frame = protocol.request_packer(one_thread)(rid, method, params, timeout_ms, meta)
     [body] = protocol.FrameReader().feed(frame)
-    expected = protocol.request(rid, method, params, timeout_ms, token)
+    expected = protocol.request(rid, method, params, timeout_ms, meta)
     assert len(body) == len(frame) - 4
     assert msgpack.unpackb(body, raw=False, strict_map_key=False) == expected

@@ -67,6 +67,11 @@ def call_parser(sub) -> None:
                    help="a named param (repeatable; VALUE parsed like ARG)")
     registry_flags(c)
     c.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default 5)")
+    c.add_argument("--lane", default=None, metavar="NAME",
+                   help="call in this swim lane: every hop goes to nodes labelled lane=NAME "
+                   "where the service has any")
+    c.add_argument("-m", "--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="call metadata (repeatable), e.g. -m x-user=alice")
     c.add_argument("--pretty", action="store_true", help="indent the JSON result")
     c.add_argument("--debug", action="store_true", help="print a traceback on failure")
     # the one-line error says what failed; retry warnings from the client would only bury it
@@ -92,12 +97,14 @@ def cmd_call(args) -> int:
         print("error: JSON-RPC params are positional or named, not both", file=sys.stderr)
         return EXIT_USAGE
     params = named if named else [_arg(a) for a in args.args]
+    metadata = dict(item.partition("=")[::2] for item in args.meta) or None
     try:
-        client = Client(etcd=etcd_config(args), timeout=args.timeout, prefix=args.prefix)
+        client = Client(etcd=etcd_config(args), timeout=args.timeout, prefix=args.prefix,
+                        lane=args.lane)
     except (ValueError, RpcError) as exc:
         return fail(exc, args.debug)
     try:
-        result = client.call(args.method, params)
+        result = client.call(args.method, params, metadata=metadata)
     except (Timeout, ServiceUnavailable) as exc:
         if not client.discovery.ready(service):
             # the first list never came back: say so, rather than blame the service

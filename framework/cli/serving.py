@@ -117,7 +117,11 @@ def serve_parser(sub) -> None:
                    help="require this shared token on every call ($FRAMEWORK_TOKEN; off by default)")
     s.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    help="a label published in the registry record, for routing (repeatable): "
-                   "--label zone=eu-1 --label version=v2")
+                   "--label zone=eu-1 --label version=v2 (lane=NAME: a swim lane; weight=N: share "
+                   "of traffic, default 100)")
+    s.add_argument("--interceptor", action="append", default=[], metavar="PKG.MOD:FN",
+                   help="run fn(call, proceed) around every handler (repeatable; the first is "
+                   "outermost)")
     s.add_argument("--max-concurrency", type=int, default=None,
                    help="calls in flight on this node (default 1000)")
     s.add_argument("--max-conn-in-flight", type=int, default=None,
@@ -140,6 +144,7 @@ def serve_parser(sub) -> None:
 
 def cmd_serve(args) -> int:
     _patch()
+    from .. import calls
     from ..server import Server
     from ..service import services_in_module
 
@@ -150,10 +155,16 @@ def cmd_serve(args) -> int:
         print(f"error: no @framework.service class defined in {args.module}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        interceptors = [calls.load(spec) for spec in args.interceptor]
+    except ValueError as exc:
+        print(f"error: --interceptor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         labels = dict(label.split("=", 1) for label in args.label)
         server = Server(services, host=args.host, port=args.port, etcd=etcd_config(args),
                         ttl=args.ttl, prefix=args.prefix, advertise=args.advertise, labels=labels,
-                        **rpc_security_options(args), **limit_options(args))
+                        interceptors=interceptors, **rpc_security_options(args),
+                        **limit_options(args))
     except ValueError as exc:   # a label without "=", or one too long
         print(f"error: --label: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -199,6 +210,9 @@ def gateway_parser(sub) -> None:
                    help="a service this gateway fronts (repeatable): while none of its nodes is "
                    "registered, even since before the gateway started, its calls get 503 "
                    "(-32010), not 404")
+    g.add_argument("--forward-header", action="append", default=[], metavar="NAME",
+                   help="pass this HTTP header on to the nodes as call metadata (repeatable; "
+                   "traceparent, tracestate and baggage always are)")
     g.set_defaults(func=cmd_gateway, default_level="info")
 
 
@@ -211,7 +225,7 @@ def cmd_gateway(args) -> int:
     gateway = Gateway(etcd_config(args), prefix=args.prefix, timeout=args.timeout,
                       max_timeout=args.max_timeout, limits=limits,
                       token=args.token or os.environ.get("FRAMEWORK_TOKEN") or None,
-                      services=args.service)
+                      services=args.service, forward_headers=args.forward_header)
     gateway.grace = args.grace
     try:
         gateway.start(args.host, args.port, max_connections=args.max_connections)

@@ -1,0 +1,103 @@
+"""Racing a hedge: a slow idempotent call gets a backup copy on another node; the first answer wins.
+
+The client calls :func:`race` when an attempt raised :class:`~framework.hedging.HedgeDue` (no
+answer by the method's hedge time, :mod:`framework.hedging`). A backup away from a healthy node is
+paid for from the retry budget; one away from a node already known to be failing replaces a lost
+call and is free. The loser is cancelled (its frame is dropped if still queued), and a primary that
+lost the race counts as a failure for its health and is pinged, so a frozen node is found fast.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional, Tuple
+
+from .errors import NotSent, RpcError, Timeout, from_error_object
+from .health import RETRY
+from .hedging import Answers, HedgeDue
+from .record import Node
+from .tracing import Tracing
+
+
+def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, params: Any,
+         deadline: float, balancer: Any, started: float, meta: Optional[dict],
+         span: Any) -> Tuple[Optional[bool], Any]:
+    """``node`` has not answered ``method`` by its hedge time: send a backup to another node
+    and take the first answer. Returns ``(True, result)`` when ``node`` answered first,
+    ``(False, result)`` when the backup did, ``(None, error)`` when both failed in a way that
+    allows a retry; raises what the caller should see otherwise."""
+    others = [n for n in route.candidates if n is not node]
+    # as for a first attempt: when no other node is usable, a guess beats waiting it out
+    other = balancer.pick(others, client.usable) or balancer.pick(others)
+    now = time.monotonic()
+    # a hedge away from a node already known to be failing (ejected, or silent to a ping)
+    # replaces a lost call, it adds no load: only a hedge away from a healthy node is paid for
+    if other is None or (client.usable(node) and not client.budget.withdraw(now, hedge=True)):
+        try:   # no backup: wait on for the first node
+            return True, due.conn.resume(due, deadline)
+        except RpcError as exc:
+            if client.health.judge(node.address, exc, due.conn, True, now) is not RETRY:
+                raise
+            return None, exc
+    answers = Answers(due.conn.green)
+    due.conn.follow(due, answers.slot(0))
+    attempts = {0: (node, due.conn, due.rid, None)}
+    backup = _backup(client, answers, other, method, params, deadline, balancer, meta, span)
+    if backup is not None:
+        attempts[1] = backup
+    error: Optional[RpcError] = None
+    try:
+        while attempts:
+            got = answers.wait(deadline - time.monotonic())
+            if got is None:   # threaded world: nothing delivers a Timeout, the wait ends
+                raise Timeout(f"{method}: deadline passed")
+            tag, value = got
+            attempt = attempts.pop(tag, None)
+            if attempt is None:
+                continue   # a second copy of an answer
+            anode, conn, _, load = attempt
+            now = time.monotonic()
+            if load is not None:
+                balancer.end(load, now - started, type(value) is dict, now)
+            if type(value) is dict and "error" not in value:
+                client.health.record(anode.address, True, False, now)
+                if tag:   # (the caller records a primary's answer)
+                    route.tail.add(now - started, now)
+                    client.budget.calls += 1
+                    _primary_lost(client, node, due.conn, now)
+                return tag == 0, value.get("result")
+            exc = value if isinstance(value, RpcError) else from_error_object(value["error"])
+            if client.health.judge(anode.address, exc, conn, True, now) is not RETRY:
+                raise exc
+            error = exc
+        return None, error
+    finally:
+        for _, conn, rid, load in attempts.values():   # the losers
+            conn.cancel(rid)
+            if load is not None:
+                balancer.end(load, time.monotonic() - started, True)
+
+def _backup(client: Any, answers: Answers, other: Node, method: str, params: Any,
+            deadline: float, balancer: Any, meta: Optional[dict],
+            span: Any) -> Optional[tuple]:
+    """Send the hedge to ``other``; None when it could not be sent."""
+    now = time.monotonic()
+    if span is not None:
+        Tracing.attempt(span, other.address, hedge=True)
+    load = balancer.begin(other)
+    try:
+        conn = client.pool.get(other.address, deadline - now)
+        rid = conn.start(method, params, deadline - now, meta, deadline,
+                         client.pool.stall_after, answers.slot(1))
+    except NotSent:
+        client.health.record(other.address, False, True, now)
+        balancer.end(load, 0.0, False, now)
+        return None
+    client.hedging.sent += 1
+    return other, conn, rid, load
+
+def _primary_lost(client: Any, node: Node, conn: Any, now: float) -> None:
+    """The backup answered first: ``node`` was slow this time, a failure for its health (three
+    in a row eject it for a while); a ping tells whether it is frozen."""
+    client.hedging.won += 1
+    client.health.record(node.address, False, False, now)
+    conn.probe()

@@ -1,0 +1,102 @@
+"""Tracing: OpenTelemetry spans for calls, and the W3C trace context they carry in metadata.
+
+Optional: ``pip install framework[otel]`` brings ``opentelemetry-api``. With the API importable and
+an SDK's ``TracerProvider`` configured by the application, a client makes a CLIENT span per logical
+call (each attempt and each hedge is an event on it) and a node a SERVER span per handled call,
+both named ``Service/method`` with the RPC semantic conventions (``rpc.system`` = "jsonrpc",
+``rpc.service``, ``rpc.method``, ``rpc.jsonrpc.error_code``, ``server.address``, ``server.port``).
+
+Without an SDK no span is made - the API's no-op spans would cost about 6 us a call and record
+nothing - but the context still travels: a node keeps the ``traceparent``, ``tracestate`` and
+``baggage`` it received in the current :class:`~framework.calls.Call`, and its handlers' calls
+send them on (:func:`framework.calls.inherited`), so the trace id a caller sent reaches every hop.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+try:
+    from opentelemetry import context as _context
+    from opentelemetry import propagate as _propagate
+    from opentelemetry import trace as _trace
+except ImportError:   # the extra is not installed: propagation only
+    _trace = None
+
+from . import __version__
+
+
+class Tracing:
+    """Makes the spans of one client or node; ``enabled=False`` never makes any."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and _trace is not None
+        self._tracer: Any = None
+
+    def tracer(self) -> Any:
+        """The framework's tracer once an SDK provider is configured, else None (checked per call
+        until then: an application may configure its SDK after building its clients)."""
+        tracer = self._tracer
+        if tracer is None and self.enabled:
+            provider = _trace.get_tracer_provider()
+            if not isinstance(provider, _trace.ProxyTracerProvider):
+                tracer = self._tracer = provider.get_tracer("framework", __version__)
+        return tracer
+
+    # ---- the client side -------------------------------------------------------------------------
+
+    def client_span(self, tracer: Any, service: str, method: str,
+                    metadata: Dict[str, str]) -> Any:
+        """Start the CLIENT span of a logical call and write its context into ``metadata``. Its
+        parent is a ``traceparent`` already in ``metadata`` (a gateway continuing an HTTP
+        caller's trace), else the current context (inside a handler: the node's SERVER span)."""
+        parent = _propagate.extract(metadata) if "traceparent" in metadata else None
+        span = tracer.start_span(f"{service}/{method}", context=parent,
+                                 kind=_trace.SpanKind.CLIENT,
+                                 attributes=_attributes(service, method))
+        _propagate.inject(metadata, context=_trace.set_span_in_context(span, parent))
+        return span
+
+    @staticmethod
+    def attempt(span: Any, address: str, hedge: bool = False) -> None:
+        """An attempt (or a hedge) of the call went to ``address``."""
+        host, _, port = address.rpartition(":")
+        attributes = {"server.address": host, "server.port": int(port) if port.isdigit() else 0}
+        span.add_event("hedge" if hedge else "attempt", attributes)
+        span.set_attributes(attributes)   # the span ends naming the last node tried
+
+    # ---- the node side ---------------------------------------------------------------------------
+
+    def server_span(self, tracer: Any, service: str, method: str, metadata: Dict[str, str],
+                    peer: Any) -> Tuple[Any, Any]:
+        """Start the SERVER span of a handled call, child of the caller's ``traceparent``, and
+        make it current (so the handler's own calls are its children): ``(span, token)``."""
+        parent = _propagate.extract(metadata)
+        attributes = _attributes(service, method)
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            attributes["client.address"], attributes["client.port"] = str(peer[0]), int(peer[1])
+        span = tracer.start_span(f"{service}/{method}", context=parent,
+                                 kind=_trace.SpanKind.SERVER, attributes=attributes)
+        return span, _context.attach(_trace.set_span_in_context(span, parent))
+
+    @staticmethod
+    def server_end(span: Any, token: Any, code: Optional[int]) -> None:
+        _context.detach(token)
+        end(span, code)
+
+
+def end(span: Any, code: Optional[int], message: str = "") -> None:
+    """End ``span``; ``code``: the JSON-RPC error code the call ended with (None: a result)."""
+    if code is not None:
+        span.set_attribute("rpc.jsonrpc.error_code", code)
+        span.set_status(_trace.Status(_trace.StatusCode.ERROR, message or str(code)))
+    span.end()
+
+
+def _attributes(service: str, method: str) -> Dict[str, Any]:
+    return {"rpc.system": "jsonrpc", "rpc.service": service, "rpc.method": method,
+            "rpc.jsonrpc.version": "2.0"}
+
+
+def available() -> bool:
+    """True when ``opentelemetry-api`` is importable."""
+    return _trace is not None
