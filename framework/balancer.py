@@ -71,6 +71,7 @@ class _Load:
 
 class P2C:
     """Power of two choices: sample two usable nodes at random, send to the less loaded one.
+    (When the route gives weights that differ, a weighted draw instead: :meth:`_pick_weighted`.)
 
     Less loaded means fewer calls outstanding (sent, not yet answered: least outstanding requests,
     as Finagle's default balancer); on a tie, the lower latency EWMA. Outstanding counts react at
@@ -137,19 +138,13 @@ class P2C:
 
     def _pick_weighted(self, candidates: Sequence[T], usable: Optional[Callable[[T], bool]],
                        weights: Sequence[float]) -> Optional[T]:
-        """Two draws in proportion to weight (with replacement); the one with fewer outstanding
-        calls per unit of weight wins, the first on a tie. With nothing outstanding the first
-        draw always wins, so the shares follow the weights exactly; under load a busy node
-        loses to an idler one, as in Envoy's weighted least-request balancer."""
-        rand = self._random
-        i, j = _draw(weights, rand()), _draw(weights, rand())
-        a, b = candidates[i], candidates[j]
-        if usable is None or (usable(a) and usable(b)):
-            wa = weights[i] - (weights[i - 1] if i else 0.0)
-            wb = weights[j] - (weights[j - 1] if j else 0.0)
-            oa, ob = self._load(a).outstanding, self._load(b).outstanding
-            return a if (oa + 1) * wb <= (ob + 1) * wa else b
-        return self.pick(candidates, usable)   # some are out: weights are moot, P2C the rest
+        """A draw in proportion to weight, so the shares follow the weights exactly (a load
+        comparison, as in P2C, would tilt them: with nothing outstanding the heavier node would
+        win every pair). Should the drawn node be unusable, P2C picks among the others."""
+        node = candidates[_draw(weights, self._random())]
+        if usable is None or usable(node):
+            return node
+        return self.pick(candidates, usable)
 
     def begin(self, node: Any) -> _Load:
         load = self._load(node)

@@ -258,15 +258,14 @@ class Client:
                 continue  # first list not done yet; loop until it is or the deadline passes
             fresh = ([n for n in candidates if n.address not in tried] or candidates
                      if tried else candidates)
-            if len(fresh) == 1:
-                node = fresh[0]  # what pick returns for one node, usable or not
-            else:  # when every node is ejected, try one anyway
-                node = (balancer.pick(fresh, self.usable, weights if fresh is candidates else None)
-                        or balancer.pick(fresh))
+            # one node: what pick returns, usable or not; when every node is ejected, try one
+            node = fresh[0] if len(fresh) == 1 else (
+                balancer.pick(fresh, self.usable, weights if fresh is candidates else None)
+                or balancer.pick(fresh))
             if span is not None:
                 tracing_module.Tracing.attempt(span, node.address)
             tail = route.tail
-            hedge_at = tail.hedge_at(now, remaining) if tail is not None else 0.0
+            hedge_at = 0.0 if tail is None else tail.hedge_at(now, remaining)
             load, ok, conn = balancer.begin(node), False, None
             try:
                 conn = pool.get(node.address, remaining)

@@ -133,14 +133,7 @@ class Server:
         self.discovery: Optional[Discovery] = (
             Discovery(self.etcd, self.prefix) if self.etcd is not None else None)
         self.instances = [spec.cls() for spec in self.specs]
-        # self.client: calls the handlers make, counted in this node's /metrics; client_tls: how
-        # it verifies the nodes it calls; client_options: any other Client argument
-        self.client: Optional[Client] = (
-            Client(discovery=self.discovery, token=token, tls=client_tls,
-                   metrics=self.metrics.registry, **(client_options or {}))
-            if self.discovery else None)
-        for instance in self.instances:
-            instance.client = self.client
+        self.client = self._client(client_tls, client_options)
         self.dispatcher = Dispatcher(self.instances, token=token, observe=self.metrics.observe,
                                      started=self.shedder.note if self.shedder.enabled else None,
                                      interceptors=interceptors, tracing=tracing)
@@ -155,6 +148,17 @@ class Server:
         self.hub: Any = None   # the gevent hub serving this node, set by start()
         self._stopped = gevent.event.Event()
         self.http = NodeHttp(self)   # GET /healthz, GET /metrics, POST / on the same port
+
+    def _client(self, tls: Optional[ssl.SSLContext], options: Optional[dict]) -> Optional[Client]:
+        """``self.client`` of every service: the calls handlers make, counted in this node's
+        /metrics. ``tls``: how it verifies the nodes it calls; ``options``: other Client
+        arguments (lane, prefer, interceptors...)."""
+        client = (Client(discovery=self.discovery, token=self.token, tls=tls,
+                         metrics=self.metrics.registry, **(options or {}))
+                  if self.discovery else None)
+        for instance in self.instances:
+            instance.client = client
+        return client
 
     # ---- lifecycle -------------------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """Interceptors, the current call and metadata (issue 10), on real node processes: order and
 rejection, metadata from client, gateway headers and interceptors to the handler, bounds on
 metadata, and deadlines that calls made inside a handler inherit."""
-import os
 import socket
 import time
 
