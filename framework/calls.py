@@ -67,6 +67,8 @@ class Call:
         return f"<Call {self.service}.{self.method} remaining={self.remaining():.3f}s>"
 
 
+# The running handler's Call - or, until someone asks for it, the tuple of its parts: a node
+# with no interceptors and no tracing builds no Call for a handler that never looks.
 _current: contextvars.ContextVar = contextvars.ContextVar("framework_call", default=None)
 current = _current.get   # the hot-path spelling: no wrapper frame
 enter = _current.set
@@ -75,7 +77,12 @@ leave = _current.reset
 
 def current_call() -> Optional[Call]:
     """The node-side :class:`Call` of the running handler; None outside one."""
-    return _current.get()
+    call = _current.get()
+    if type(call) is tuple:   # (service, method, params, metadata or None, deadline, peer)
+        service, method, params, metadata, deadline, peer = call
+        call = Call(service, method, params, {} if metadata is None else metadata, deadline, peer)
+        _current.set(call)   # the dispatcher's reset still restores what was there before
+    return call
 
 
 def check_metadata(metadata: Any) -> Dict[str, str]:

@@ -172,26 +172,23 @@ class Client:
 
     def _timeout(self, method: str) -> float:
         """The default timeout of ``method``: ``timeouts["S.m"]``, ``["S.*"]``, else ``timeout``."""
-        timeouts = self.timeouts
-        if timeouts:
-            found = timeouts.get(method)
-            if found is None:
-                found = timeouts.get(method.rpartition(".")[0] + ".*")
-            if found is not None:
-                return found
-        return self.timeout
+        found = self.timeouts.get(method)
+        if found is None:
+            found = self.timeouts.get(method.rpartition(".")[0] + ".*")
+        return self.timeout if found is None else found
 
     def _call(self, service: str, name: str, method: str, params: Any,
               timeout: Optional[float] = None, metadata: Optional[Dict[str, str]] = None) -> Any:
         if timeout is None:
-            timeout = self._timeout(method)
-        parent = calls.current()
-        if (parent is None and metadata is None and self._plain
-                and (not self.tracing.enabled or self.tracing.tracer() is None)):
-            now = time.monotonic()   # nothing around the attempts: straight to them
+            timeout = self._timeout(method) if self.timeouts else self.timeout
+        now = time.monotonic()
+        if (calls.current() is None and metadata is None and self._plain
+                and (not self.tracing.enabled or self.tracing.tracer(now) is None)):
+            # nothing around the attempts: straight to them
             return self._attempts(service, name, method, params, now + timeout, timeout,
                                   self._meta, None, None)
-        return self._logical(service, name, method, params, timeout, metadata, parent)
+        return self._logical(service, name, method, params, timeout, metadata,
+                             calls.current_call())
 
     def _logical(self, service: str, name: str, method: str, params: Any, timeout: float,
                  metadata: Optional[Dict[str, str]], parent: Optional[calls.Call]) -> Any:
@@ -199,7 +196,7 @@ class Client:
         started = time.monotonic()
         deadline = started + timeout
         md = calls.check_metadata(dict(metadata)) if metadata else {}
-        tracer = self.tracing.tracer() if self.tracing.enabled else None
+        tracer = self.tracing.tracer(started) if self.tracing.enabled else None
         if parent is not None:   # a handler's call: no later than the handler's own deadline
             parent_deadline, context = calls.inherited(parent)
             deadline = min(deadline, parent_deadline)

@@ -113,7 +113,8 @@ class Dispatcher:
         try:
             metadata = meta.get("metadata")
             try:
-                metadata = {} if metadata is None else calls.check_metadata(metadata)
+                if metadata is not None:
+                    calls.check_metadata(metadata)
                 # positional params against a plain signature: two comparisons, not Signature.bind
                 if arity is None or type(params) is not list or \
                         not arity[0] <= len(params) <= arity[1]:
@@ -121,8 +122,21 @@ class Dispatcher:
             except RpcError as exc:
                 outcome = "invalid_params" if isinstance(exc, InvalidParams) else "invalid_request"
                 return protocol.error_response(rid, exc)
-            call = calls.Call(service_name, mspec.name, params, metadata, deadline, peer)
-            response = self._run(rid, call, bound, proceed)
+            tracer = self.tracing.tracer(started) if self.tracing.enabled else None
+            if proceed is None and tracer is None:   # the handler alone: its Call built lazily
+                token = calls.enter((service_name, mspec.name, params, metadata, deadline, peer))
+                try:
+                    result = bound(**params) if type(params) is dict else bound(*params)
+                except Exception as exc:  # the handler's failure is the caller's answer, not ours
+                    outcome = "error"
+                    log.debug("handler %s raised", method, exc_info=True)
+                    return protocol.error_response(rid, exc)
+                finally:
+                    calls.leave(token)
+                return protocol.response(rid, result)
+            call = calls.Call(service_name, mspec.name, params,
+                              {} if metadata is None else metadata, deadline, peer)
+            response = self._run(rid, call, tracer, bound, proceed)
             if "error" in response:
                 outcome = "error"
             return response
@@ -130,10 +144,10 @@ class Dispatcher:
             if self.observe is not None:
                 self.observe(service_name, mspec.name, outcome, time.monotonic() - started)
 
-    def _run(self, rid: Any, call: calls.Call, bound: Callable,
+    def _run(self, rid: Any, call: calls.Call, tracer: Any, bound: Callable,
              proceed: Optional[Callable]) -> dict:
-        """Run the handler (inside the interceptors) as the current call: its response."""
-        tracer = self.tracing.tracer() if self.tracing.enabled else None
+        """Run the handler as the current call, inside the interceptors and, with ``tracer``, a
+        SERVER span: its response."""
         span = None
         if tracer is not None:
             span, context_token = self.tracing.server_span(tracer, call.service, call.method,

@@ -28,18 +28,25 @@ from . import __version__
 class Tracing:
     """Makes the spans of one client or node; ``enabled=False`` never makes any."""
 
+    #: seconds between looks for an SDK provider while there is none (a look costs about 2.5 us)
+    recheck = 1.0
+
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and _trace is not None
         self._tracer: Any = None
+        self._look_at = 0.0
 
-    def tracer(self) -> Any:
-        """The framework's tracer once an SDK provider is configured, else None (checked per call
-        until then: an application may configure its SDK after building its clients)."""
+    def tracer(self, now: float) -> Any:
+        """The framework's tracer once an SDK provider is configured, else None. An application
+        may configure its SDK after building its clients: until then, this looks again at most
+        every ``recheck`` seconds (``now``: the caller's ``time.monotonic()``)."""
         tracer = self._tracer
         if tracer is None and self.enabled:
-            provider = _trace.get_tracer_provider()
-            if not isinstance(provider, _trace.ProxyTracerProvider):
-                tracer = self._tracer = provider.get_tracer("framework", __version__)
+            if now >= self._look_at:
+                self._look_at = now + self.recheck
+                provider = _trace.get_tracer_provider()
+                if not isinstance(provider, _trace.ProxyTracerProvider):
+                    tracer = self._tracer = provider.get_tracer("framework", __version__)
         return tracer
 
     # ---- the client side -------------------------------------------------------------------------

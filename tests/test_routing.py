@@ -69,7 +69,9 @@ def test_a_service_whose_nodes_all_carry_a_lane_refuses_lane_less_calls(serve_no
 def test_weights_set_the_shares_of_traffic(serve_node, make_client):
     light = serve_node("tests.chain_back", extra_args=["--label", "weight=100"])
     heavy = serve_node("tests.chain_back", extra_args=["--label", "weight=300"])
-    client = make_client(timeout=3, warmup=0)
+    # no hedging: on a busy machine a lost hedge race ejects a node for a moment, and its share
+    # goes elsewhere - right for callers, noise for a test of shares
+    client = make_client(timeout=3, warmup=0, hedging=False)
     wait_until(lambda: len(client.nodes("Back")) == 2, message="both nodes listed")
     calls = 10_000
     with Load(lambda: client.Back.Sleep(0), callers=4, per_caller=calls // 4) as load:
@@ -82,7 +84,7 @@ def test_weights_set_the_shares_of_traffic(serve_node, make_client):
 
 def test_a_new_node_ramps_up_over_the_warmup(serve_node, make_client):
     old = [serve_node("tests.chain_back") for _ in range(2)]
-    client = make_client(timeout=3, warmup=3.0)
+    client = make_client(timeout=3, warmup=3.0, hedging=False)   # as above
     wait_until(lambda: len(client.nodes("Back")) == 2, message="the first nodes listed")
     with Load(lambda: client.Back.Sleep(0), callers=2) as load:
         load.wait_calls(200)
