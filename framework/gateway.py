@@ -79,6 +79,8 @@ class Gateway:
         self.client = client or Client(etcd=etcd, timeout=timeout, prefix=prefix, token=token,
                                        metrics=self.metrics.registry)
         self._owns_client = client is None
+        if client is not None and client.metrics is None:
+            self.metrics.count_client(client)
         self.timeout = timeout
         self.max_timeout = max_timeout
         self.limits = limits

@@ -247,6 +247,11 @@ class GatewayMetrics(CallMetrics):
                             ("status",), registry=self.registry)
         self.registry.register(_DiscoveryCollector(lambda: gateway.client.discovery))
 
+    def count_client(self, client: Any) -> None:
+        """A client the gateway was given (it counts its calls elsewhere, if anywhere): its
+        retries, ejections, hedges and fallbacks in this registry all the same."""
+        self.registry.register(_ClientCollector(lambda: client))
+
     def started(self) -> None:
         self._in_flight += 1
 

@@ -26,13 +26,16 @@ from . import __version__
 
 
 class Tracing:
-    """Makes the spans of one client or node; ``enabled=False`` never makes any."""
+    """Makes the spans of one client or node; ``enabled=False`` never makes any. ``provider``:
+    the application's ``TracerProvider`` (default: OpenTelemetry's global one, once set)."""
 
     #: seconds between looks for an SDK provider while there is none (a look costs about 2.5 us)
     recheck = 1.0
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, provider: Any = None):
         self.enabled = enabled and _trace is not None
+        #: a TracerProvider of the application's own; None: OpenTelemetry's global one
+        self.provider = provider
         self._tracer: Any = None
         self._look_at = 0.0
 
@@ -44,7 +47,7 @@ class Tracing:
         if tracer is None and self.enabled:
             if now >= self._look_at:
                 self._look_at = now + self.recheck
-                provider = _trace.get_tracer_provider()
+                provider = self.provider or _trace.get_tracer_provider()
                 if not isinstance(provider, _trace.ProxyTracerProvider):
                     tracer = self._tracer = provider.get_tracer("framework", __version__)
         return tracer

@@ -31,13 +31,14 @@ def test_spans_have_the_right_parents_from_gateway_to_front_to_back(serve_node, 
                                                                      tmp_path, monkeypatch):
     monkeypatch.setenv("FRAMEWORK_TEST_SPANS", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", SITE + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    front = serve_node("tests.chain_services")   # serves Front and Back: Front's call to Back
-    gateway = serve_gateway("--service", "Front")   # still crosses the wire (to itself)
+    front = serve_node("tests.chain_front")
+    back = serve_node("tests.chain_back")
+    gateway = serve_gateway("--service", "Front")
     result = _chain(gateway)
     status, failed = gateway.post({"jsonrpc": "2.0", "id": 2, "method": "Back.Touch",
                                    "params": [None]}, headers=HEADERS)
     assert failed["error"]["code"] == -32000
-    for proc in (gateway.proc, front.proc):   # a clean exit writes the spans
+    for proc in (gateway.proc, front.proc, back.proc):   # a clean exit writes the spans
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
     spans = {}
@@ -67,11 +68,13 @@ def test_spans_have_the_right_parents_from_gateway_to_front_to_back(serve_node, 
     assert touch["attributes"]["rpc.jsonrpc.error_code"] == -32000 and touch["status"] == "ERROR"
     (touched,) = spans[("Back/Touch", "SERVER")]
     assert touched["attributes"]["rpc.jsonrpc.error_code"] == -32000
+    assert len(os.listdir(tmp_path)) == 3   # three processes, each with its own exporter
 
 
 def test_without_an_sdk_the_trace_id_and_baggage_reach_every_hop(serve_node, serve_gateway,
                                                                   make_client):
-    serve_node("tests.chain_services", extra_args=["--label", "role=front"])
+    serve_node("tests.chain_front")
+    serve_node("tests.chain_back")
     gateway = serve_gateway("--service", "Front")
     result = _chain(gateway)
     assert result["front"]["trace_id"] == result["back"]["trace_id"] == TRACE_ID
@@ -82,6 +85,28 @@ def test_without_an_sdk_the_trace_id_and_baggage_reach_every_hop(serve_node, ser
                                                  "baggage": "tenant=acme"})
     assert chain["back"]["trace_id"] == TRACE_ID
     assert chain["back"]["metadata"]["baggage"] == "tenant=acme"
+
+
+def test_each_attempt_and_hedge_is_an_event_of_the_client_span(serve_node, make_client):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    nodes = [serve_node("tests.chain_back") for _ in range(2)]
+    client = make_client(timeout=1.0, tracing=framework.Tracing(provider=provider))
+    wait_until(lambda: len(client.nodes("Back")) == 2, message="both nodes listed")
+    # no latency history yet: the hedge goes at half the time left (0.5 s), before the answer
+    assert client.Back.Sleep(0.7) in {n.pid for n in nodes}
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "Back/Sleep" and span.kind.name == "CLIENT"
+    assert [e.name for e in span.events] == ["attempt", "hedge"]
+    addresses = {f"{e.attributes['server.address']}:{e.attributes['server.port']}"
+                 for e in span.events}
+    assert addresses == {n.address for n in nodes}
+    assert span.status.status_code.name == "UNSET"
 
 
 def test_the_tracing_extra_is_optional():
