@@ -186,7 +186,7 @@ class Client:
                 and (not self.tracing.enabled or self.tracing.tracer(now) is None)):
             # nothing around the attempts: straight to them
             return self._attempts(service, name, method, params, now + timeout, timeout,
-                                  self._meta, None, None)
+                                  self._meta, None, None, now)
         return self._logical(service, name, method, params, timeout, metadata,
                              calls.current_call())
 
@@ -208,16 +208,15 @@ class Client:
             call.span = self.tracing.client_span(tracer, service, name, md)
         if self.lane is not None:
             md["baggage"] = calls.baggage_set(md.get("baggage"), "lane", self.lane)
-        error: Optional[RpcError] = None
+        error: Optional[BaseException] = None
         try:
             return self._proceed(call)
-        except RpcError as exc:
+        except BaseException as exc:   # an interceptor's own exception too
             error = exc
             raise
         finally:
             if call.span is not None:
-                tracing_module.end(call.span, error.code if error is not None else None,
-                                   str(error or ""))
+                tracing_module.end(call.span, error)
             if self.metrics is not None:
                 self.metrics.observe(service, name, outcome_of(error), time.monotonic() - started)
 
@@ -230,14 +229,15 @@ class Client:
             calls.check_metadata(md)
             meta = {**(meta or {}), "metadata": md}
             lane = calls.baggage_get(md.get("baggage"), "lane")
+        now = time.monotonic()
         return self._attempts(call.service, call.method, f"{call.service}.{call.method}",
-                              call.params, call.deadline, call.deadline - time.monotonic(), meta,
-                              lane, call.span)
+                              call.params, call.deadline, call.deadline - now, meta, lane,
+                              call.span, now)
 
     def _attempts(self, service: str, name: str, method: str, params: Any, deadline: float,
-                  timeout: float, meta: Optional[dict], lane: Optional[str], span: Any) -> Any:
-        now = time.monotonic()
-        discovery, pool, router = self.discovery, self.pool, self.router
+                  timeout: float, meta: Optional[dict], lane: Optional[str], span: Any,
+                  now: float) -> Any:
+        discovery, pool, router, routes = self.discovery, self.pool, self.router, self.router.routes
         balancer = self._balancers.get(service) or self._new_balancer(service)
         tried, last_error, pause = None, None, 0.005   # failed nodes, their error, the next pause
         while True:
@@ -245,7 +245,9 @@ class Client:
             if remaining <= 0:
                 _expired(discovery, service, method, timeout, last_error)
             nodes = discovery.nodes(service, wait=remaining)
-            route = router.route(service, method, name, nodes, lane)
+            route = routes.get(method if lane is None else (method, lane))
+            if route is None or route.snapshot is not nodes:
+                route = router.route(service, method, name, nodes, lane)
             candidates, weights = route.candidates, route.weights
             if route.preferred is not None or now >= route.stale_at:
                 candidates, weights = router.targets(route, self.usable, now)
@@ -255,14 +257,12 @@ class Client:
                 continue  # first list not done yet; loop until it is or the deadline passes
             fresh = ([n for n in candidates if n.address not in tried] or candidates
                      if tried else candidates)
-            # one node: what pick returns, usable or not; when every node is ejected, try one
-            node = fresh[0] if len(fresh) == 1 else (
+            node = fresh[0] if len(fresh) == 1 else (   # one node: what pick would return
                 balancer.pick(fresh, self.usable, weights if fresh is candidates else None)
-                or balancer.pick(fresh))
+                or balancer.pick(fresh))   # when every node is ejected, try one anyway
             if span is not None:
                 tracing_module.Tracing.attempt(span, node.address)
-            tail = route.tail
-            hedge_at = 0.0 if tail is None else tail.hedge_at(now, remaining)
+            hedge_at = 0.0 if route.tail is None else route.tail.hedge_at(now, remaining)
             load, ok, conn = balancer.begin(node), False, None
             try:
                 conn = pool.get(node.address, remaining)
@@ -289,8 +289,8 @@ class Client:
                 balancer.end(load, ended - now, bool(ok), ended)
                 if ok:   # the node answered: it earns the budget its share of a retry
                     self.budget.calls += 1
-                    if tail is not None:
-                        tail.add(ended - now, ended)
+                    if route.tail is not None:
+                        route.tail.add(ended - now, ended)
             tried, pause = self._before_retry(tried, node.address, len(candidates), pause,
                                               deadline, last_error)
             now = time.monotonic()

@@ -167,8 +167,7 @@ class Dispatcher:
         finally:
             calls.leave(token)
         if span is not None:
-            error = response.get("error")
-            self.tracing.server_end(span, context_token, error["code"] if error else None)
+            self.tracing.server_end(span, context_token, response.get("error"))
         return response
 
 

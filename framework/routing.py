@@ -65,7 +65,8 @@ class Router:
         self.warmup = warmup
         self.prefer_fallbacks = 0   # calls that went to any node: no preferred one was usable
         self.tails: Dict[str, Any] = {}     # "Service.method" -> its latency Tail (hedge delay)
-        self._routes: Dict[Any, Route] = {}
+        #: method (or (method, lane)) -> its Route; the client reads it directly on the hot path
+        self.routes: Dict[Any, Route] = {}
         self._seen: Dict[str, float] = {}   # address -> when first seen (0: there from the start)
         self._services: set = set()         # services whose first snapshot was seen
 
@@ -73,13 +74,13 @@ class Router:
               lane: Optional[str] = None) -> Route:
         """The route of ``method`` ("Service.method", whose bare name is ``name``) in ``lane``."""
         key = method if lane is None else (method, lane)
-        route = self._routes.get(key)
+        route = self.routes.get(key)
         if route is None or route.snapshot is not nodes:
             route = self._build(service, method, name, nodes, lane)
             if route.candidates:   # only real methods: callers choose the method strings
-                if len(self._routes) >= _MAX_ROUTES:
-                    self._routes.clear()
-                self._routes[key] = route
+                if len(self.routes) >= _MAX_ROUTES:
+                    self.routes.clear()
+                self.routes[key] = route
         return route
 
     def targets(self, route: Route, usable: Any, now: float) -> Tuple[tuple, Optional[list]]:
@@ -95,7 +96,7 @@ class Router:
 
     def known(self, method: str) -> bool:
         """True when some node of the service has ``method`` ("Service.method")."""
-        return method in self._routes
+        return method in self.routes
 
     def joined(self, service: str, added: Sequence[Node]) -> None:
         """Nodes of ``service`` appeared: those that joined after its first snapshot warm up."""

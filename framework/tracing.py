@@ -89,16 +89,21 @@ class Tracing:
         return span, _context.attach(_trace.set_span_in_context(span, parent))
 
     @staticmethod
-    def server_end(span: Any, token: Any, code: Optional[int]) -> None:
+    def server_end(span: Any, token: Any, error: Optional[dict]) -> None:
+        """End a SERVER span; ``error``: the JSON-RPC error object it was answered with."""
         _context.detach(token)
-        end(span, code)
+        end(span, error)
 
 
-def end(span: Any, code: Optional[int], message: str = "") -> None:
-    """End ``span``; ``code``: the JSON-RPC error code the call ended with (None: a result)."""
-    if code is not None:
-        span.set_attribute("rpc.jsonrpc.error_code", code)
-        span.set_status(_trace.Status(_trace.StatusCode.ERROR, message or str(code)))
+def end(span: Any, error: Any) -> None:
+    """End ``span``. ``error``: what the call failed with (an exception, or a JSON-RPC error
+    object), None when it succeeded; its code becomes ``rpc.jsonrpc.error_code``."""
+    if error is not None:
+        code = error.get("code") if isinstance(error, dict) else getattr(error, "code", None)
+        if isinstance(code, int):
+            span.set_attribute("rpc.jsonrpc.error_code", code)
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        span.set_status(_trace.Status(_trace.StatusCode.ERROR, str(message or code)))
     span.end()
 
 
