@@ -160,10 +160,12 @@ class Gateway:
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, host: str = "0.0.0.0", port: int = 8080,
-              max_connections: int = 10000) -> "Gateway":
-        """Listen on ``host:port`` (port 0: any free port; see :attr:`address`)."""
-        self._server = WSGIServer((host, port), self.wsgi, spawn=gevent.pool.Pool(max_connections),
+    def start(self, host: str = "0.0.0.0", port: int = 8080, max_connections: int = 10000,
+              listener: Optional[socket.socket] = None) -> "Gateway":
+        """Listen on ``host:port`` (port 0: any free port; see :attr:`address`), or accept on
+        ``listener`` (a pre-fork worker's inherited socket)."""
+        self._server = WSGIServer(listener or (host, port), self.wsgi,
+                                  spawn=gevent.pool.Pool(max_connections),
                                   handler_class=_Handler,
                                   log=LoggingLogAdapter(logging.getLogger(__name__ + ".access"),
                                                         logging.DEBUG),

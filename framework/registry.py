@@ -120,6 +120,22 @@ class Registration:
                 self.restores += 1
                 log.warning("registration %s was missing or changed in etcd; put it back", key)
 
+    def replace(self, entries: Dict[str, str]) -> None:
+        """New entries (a reloaded node's records): put them on the current lease, delete the keys
+        that are gone. Without a lease yet, the next registration puts them."""
+        old, self.entries = self.entries, dict(entries)
+        if not self.lease:
+            return
+        try:
+            for key, value in self.entries.items():
+                if old.get(key) != value:
+                    self.etcd.put(key, value, lease=self.lease)
+            for key in set(old) - set(self.entries):
+                self.etcd.delete(key)
+        except EtcdError as exc:   # the once-per-TTL check puts them back
+            log.warning("could not update the registration now (%s); retrying within %ss", exc,
+                        self.ttl)
+
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the keepalive loop and revoke the lease, removing the keys at once."""
         self._stop.set()

@@ -90,6 +90,10 @@ class Server:
     drain_timeout = 10.0
     #: after draining, seconds to keep answering late requests with GoingAway before closing
     linger = 0.1
+    #: a listening socket to accept on instead of binding host:port (a pre-fork worker's), and
+    #: whether to register (a pre-fork worker does not: its supervisor holds the registration)
+    listener: Optional[socket.socket] = None
+    register = True
 
     def __init__(self, services: Sequence[type], host: str = "0.0.0.0", port: int = 0,
                  etcd: Union[None, bool, str, Sequence[str], EtcdConfig] = None, ttl: int = 10,
@@ -184,19 +188,22 @@ class Server:
         return record.build(spec, self.advertised, self.started_at, __version__, self.metadata,
                             self.labels)
 
+    def entries(self) -> dict:
+        """What this node registers: key -> record, one per service."""
+        return {record.key(self.prefix, spec.name, self.advertised):
+                record.encode(self.record(spec)) for spec in self.specs}
+
     def start(self) -> "Server":
         # a bounded spawn pool: at max_connections the server stops accepting until one closes
-        self._server = StreamServer((self.host, self.port), self._handle,
+        self._server = StreamServer(self.listener or (self.host, self.port), self._handle,
                                     spawn=gevent.pool.Pool(self.max_connections))
         self._server.start()
         self.hub = gevent.get_hub()
         self.shedder.start()
         self.started_at = round(time.time(), 3)
         log.info("serving %s on %s:%s", ", ".join(s.name for s in self.specs), *self.address)
-        if self.etcd is not None:
-            entries = {record.key(self.prefix, spec.name, self.advertised):
-                       record.encode(self.record(spec)) for spec in self.specs}
-            self.registration = Registration(self.etcd, entries, self.ttl)
+        if self.etcd is not None and self.register:
+            self.registration = Registration(self.etcd, self.entries(), self.ttl)
             self.registration.start()
         return self
 

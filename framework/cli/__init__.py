@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # what a pre-fork worker reruns
     level = args.log_level or os.environ.get("LOG_LEVEL") or args.default_level
     _logging(level, args.log_format or os.environ.get("LOG_FORMAT") or "text")
     try:

@@ -7,7 +7,9 @@ the top of this module.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import os
 import signal
 import sys
@@ -136,13 +138,68 @@ def serve_parser(sub) -> None:
                    "cut (default 10)")
     s.add_argument("--max-frame", type=int, default=None,
                    help="largest frame body accepted, in bytes (default 8 MiB)")
+    workers_flags(s)
     s.add_argument("--shed-target", type=float, default=None,
                    help="once saturated, refuse calls that would wait longer than this many seconds "
                    "for a worker (default 0.05; 0: never refuse)")
     s.set_defaults(func=cmd_serve, default_level="info")
 
 
+def workers_flags(parser) -> None:
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="run N worker processes on the one port (a supervisor binds it, "
+                        "holds the registration, restarts dead workers; SIGHUP replaces them one "
+                        "by one). Default: serve in this process")
+    parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _supervise(args, registration=None) -> int:
+    """``--workers N``: bind, start the workers, supervise (:mod:`framework.prefork`)."""
+    from ..prefork import Supervisor, listen, worker_argv
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    grace = args.grace if args.grace is not None else 0.5
+    supervisor = Supervisor(worker_argv(args.argv), args.workers, sock, registration, grace,
+                            getattr(args, "drain_timeout", None) or 10.0)
+    try:
+        line = supervisor.start()
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        supervisor.stop()
+        return 1
+    print(f"{line} ({args.workers} workers, supervisor {os.getpid()})", flush=True)
+    return supervisor.run()
+
+
+def _worker_mode(component, args) -> None:
+    """A pre-fork worker: accept on the inherited socket, leave registering and the grace window
+    to the supervisor, and stop should the supervisor die."""
+    import socket as socket_module
+    import gevent
+    component.listener = socket_module.socket(fileno=args.listen_fd)
+    component.register = False
+    component.grace = 0.0
+    parent = os.getppid()
+
+    def watch_parent():
+        while os.getppid() == parent:
+            gevent.sleep(1.0)
+        log.warning("supervisor %d is gone; stopping", parent)
+        component.stop()
+    gevent.spawn(watch_parent)
+
+
 def cmd_serve(args) -> int:
+    if args.workers and args.listen_fd is None:
+        from ..registry import Registration
+        etcd = etcd_config(args).client()
+        return _supervise(args, lambda records: Registration(etcd, records, args.ttl))
     _patch()
     from .. import calls
     from ..server import Server
@@ -172,7 +229,11 @@ def cmd_serve(args) -> int:
         server.grace = args.grace
     if args.drain_timeout is not None:
         server.drain_timeout = args.drain_timeout
+    if args.listen_fd is not None:
+        _worker_mode(server, args)
     server.start()
+    if args.listen_fd is not None:   # what the supervisor registers for this address
+        print("records " + json.dumps(server.entries()), flush=True)
     if server.registration is not None and not server.registration.wait_registered(10.0):
         log.warning("not registered in etcd yet; serving anyway and retrying in the background")
     host, port = server.address
@@ -210,6 +271,7 @@ def gateway_parser(sub) -> None:
                    help="a service this gateway fronts (repeatable): while none of its nodes is "
                    "registered, even since before the gateway started, its calls get 503 "
                    "(-32010), not 404")
+    workers_flags(g)
     g.add_argument("--forward-header", action="append", default=[], metavar="NAME",
                    help="pass this HTTP header on to the nodes as call metadata (repeatable; "
                    "traceparent, tracestate and baggage always are)")
@@ -217,6 +279,8 @@ def gateway_parser(sub) -> None:
 
 
 def cmd_gateway(args) -> int:
+    if args.workers and args.listen_fd is None:
+        return _supervise(args)
     _patch()
     from ..gateway import Gateway
     from ..jsonrpc_http import Limits
@@ -227,8 +291,11 @@ def cmd_gateway(args) -> int:
                       token=args.token or os.environ.get("FRAMEWORK_TOKEN") or None,
                       services=args.service, forward_headers=args.forward_header)
     gateway.grace = args.grace
+    if args.listen_fd is not None:
+        _worker_mode(gateway, args)
     try:
-        gateway.start(args.host, args.port, max_connections=args.max_connections)
+        gateway.start(args.host, args.port, max_connections=args.max_connections,
+                      listener=getattr(gateway, "listener", None))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return EXIT_USAGE
