@@ -108,6 +108,9 @@ class Supervisor:
     def _register(self, records: Dict[str, str]) -> None:
         if self.make_registration is None:
             return
+        # the record says how many workers share the address: a client opens that many
+        # connections to it, or all its calls would go to the one worker its connection reached
+        records = {key: _with_workers(value, self.count) for key, value in records.items()}
         if self.registration is None:
             self.registration = self.make_registration(records)
             self.registration.start()
@@ -178,6 +181,12 @@ class Supervisor:
             if worker is not None:
                 _wait(worker, self.drain_timeout + 2.0)
         self.listener.close()
+
+
+def _with_workers(value: str, workers: int) -> str:
+    record = json.loads(value)
+    record["workers"] = workers
+    return json.dumps(record)
 
 
 def _wait(worker: Worker, timeout: float) -> None:

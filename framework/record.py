@@ -11,6 +11,9 @@ accepts a bare ``{"address": ...}`` written by another language and the referenc
      "version": "0.1.0", "started": 1764600000.123, "labels": {"zone": "eu-1", "version": "v2"},
      ...metadata given to the Server}
 
+A node run with ``--workers N`` adds ``"workers": N`` (its supervisor's record; ``pid`` is a
+worker's): clients open that many connections to it, so their calls reach every worker.
+
 ``labels`` are what callers route by (:mod:`framework.routing`): ``lane`` (swim lanes), ``weight``
 (share of traffic, default 100) and any the callers prefer (``Client(prefer={"zone": "eu-1"})``).
 String keys and values, at most :data:`MAX_LABELS` of them, each at most :data:`MAX_LABEL`
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = "jsonrpc2-msgpack/1"
 #: fields every record of ours has; anything else came from the Server's ``metadata``
 STANDARD = ("address", "service", "methods", "protocol", "pid", "hostname", "version", "started",
-            "labels")
+            "labels", "workers")
 MAX_LABELS, MAX_LABEL = 16, 63
 
 
@@ -51,6 +54,12 @@ class Node(NamedTuple):
     def has_method(self, method: str) -> Optional[bool]:
         methods = self.meta.get("methods")
         return method in methods if isinstance(methods, dict) else None
+
+    @property
+    def workers(self) -> int:
+        """Worker processes sharing the address (``serve --workers N``; 1 otherwise)."""
+        workers = self.meta.get("workers")
+        return min(workers, 64) if type(workers) is int and workers > 1 else 1
 
     def label(self, name: str) -> Optional[str]:
         labels = self.meta.get("labels")
@@ -127,7 +136,7 @@ def summary(node: Node, now: float) -> str:
     """One line for people: address, pid, host, version, uptime and any extra metadata."""
     meta = node.meta
     parts = [node.address]
-    for name in ("pid", "hostname", "version"):
+    for name in ("pid", "hostname", "version", "workers"):
         if name in meta:
             parts.append(f"{name}={meta[name]}")
     started = meta.get("started")
