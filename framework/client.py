@@ -265,7 +265,7 @@ class Client:
             hedge_at = 0.0 if route.tail is None else route.tail.hedge_at(now, remaining)
             load, ok, conn = balancer.begin(node), False, None
             try:
-                conn = pool.get(node.address, remaining)
+                conn = pool.get(node.address, remaining, node.meta.get("workers", 1))
                 result = conn.call(method, params, remaining, meta, pool.stall_after,
                                    route.idempotent, deadline, hedge_at)
                 ok = True

@@ -13,14 +13,25 @@ While etcd is unreachable the last good view is kept: a registry error never emp
 A full list replaces the view wholesale, so after etcd is replaced the cache converges on the truth;
 nodes the new etcd does not list yet are kept for ``replace_grace`` seconds while they register again.
 Callers only read immutable snapshots; they never touch etcd.
+
+In a forked child the cache lives on: the snapshots are kept, so calls work at once, and each
+watched service gets a new worker that starts again at 1. The inherited watch's socket is the
+parent's too: the child closes its copy only (``shutdown`` would end the parent's watch). In a plain
+program the worker threads did not survive the fork (the locks they may have held are replaced); in
+a gevent-patched one the worker greenlets did, and are ended before they read the parent's bytes.
 """
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+import weakref
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import gevent
+from gevent import monkey
 
 from . import record
 from .backoff import Backoff
@@ -29,6 +40,9 @@ from .etcd import EtcdAPI, WatchStream
 from .record import Node
 
 log = logging.getLogger(__name__)
+
+#: every Discovery not yet collected, for the fork hook at the end of this module
+_live: "weakref.WeakSet[Discovery]" = weakref.WeakSet()
 
 DEFAULT_PREFIX = "/services/"
 
@@ -51,8 +65,33 @@ class _Watched:
         self.carried: Dict[str, Node] = {}   # nodes kept through an etcd replacement
         self.carry_until = 0.0
         self.watch: Optional[WatchStream] = None
-        self.thread = threading.Thread(target=self._run, name=f"framework-watch-{service}",
-                                       daemon=True)
+        self.thread = self._new_thread()
+
+    def _new_thread(self) -> Union[threading.Thread, gevent.Greenlet]:
+        if monkey.is_module_patched("threading"):
+            # a greenlet, not a patched Thread: it lives on in a forked child without threading's
+            # bookkeeping, which counts it stopped there
+            return gevent.Greenlet(self._run)
+        return threading.Thread(target=self._run, name=f"framework-watch-{self.service}",
+                                daemon=True)
+
+    def _after_fork(self, restart: bool) -> None:
+        """In a forked child: let go of the parent's watch and worker, and with ``restart`` start
+        a worker of the child's own, from a full list; the snapshot is kept meanwhile."""
+        if isinstance(self.thread, gevent.Greenlet):
+            # it survived, waiting on a socket the parent shares - maybe mid-request, beyond reach
+            # of _drop_inherited: it is ended before the hub lets it read a byte of the parent's
+            self.thread.kill(block=False)
+        else:   # the thread did not survive; a caller may wait on its Event, never on its lock
+            self.ready = _copy_event(self.ready)
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            _drop_inherited(watch)
+        # a thread lost between setting ``nodes`` and ``snapshot`` left them apart
+        self.snapshot = tuple(sorted(self.nodes.values(), key=lambda n: n.address))
+        if restart:
+            self.thread = self._new_thread()
+            self.thread.start()
 
     def _publish(self, nodes: Dict[str, Node]) -> None:
         old = self.nodes
@@ -113,8 +152,12 @@ class _Watched:
         while not d.closed:
             try:
                 cluster = self._list()
+                pid = os.getpid()
                 self.watch = watch = d.etcd.watch(self.prefix, self.revision + 1,
                                                   self._watch_timeout())
+                if os.getpid() != pid:   # forked meanwhile, not yet killed: the parent's socket
+                    _drop_inherited(watch)
+                    continue
                 if d.closed:
                     watch.close()
                     return
@@ -173,6 +216,7 @@ class Discovery:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listeners: List[Listener] = []
+        _live.add(self)
 
     def _get(self, service: str) -> _Watched:
         watched = self._watched.get(service)
@@ -225,3 +269,47 @@ class Discovery:
         for watched in list(self._watched.values()):
             if watched.watch is not None:
                 watched.watch.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child: every watched service gets a watch of the child's own. The locks
+        are new: a thread that held one at fork time does not exist here (a greenlet never holds
+        one across a switch, so a new one costs the gevent world nothing)."""
+        self._lock = threading.Lock()
+        self._stop = _copy_event(self._stop)
+        for watched in list(self._watched.values()):
+            watched._after_fork(restart=not self.closed)
+
+
+def _copy_event(event: threading.Event) -> threading.Event:
+    """A new Event in the state of ``event`` (whose lock a thread lost in a fork may hold)."""
+    copy = threading.Event()
+    if event.is_set():
+        copy.set()
+    return copy
+
+
+def _drop_inherited(watch: WatchStream) -> None:
+    """Close this process's descriptor of an inherited watch's socket, and nothing else: no
+    ``shutdown`` (the parent's watch would end too) and no close of its buffered reader (a thread
+    lost in the fork may hold that reader's lock, and closing it would wait forever)."""
+    conn = getattr(watch, "_conn", None)   # an etcd.Watch's HTTP connection; fakes have none
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return
+    conn.sock = None   # a later close() of the watch must not shut the socket down
+    try:
+        os.close(sock.detach())   # the socket object no longer owns the descriptor
+    except OSError:
+        pass
+
+
+def _after_fork_in_child() -> None:
+    for discovery in list(_live):
+        try:
+            discovery._after_fork()
+        except Exception:   # never fail a fork: the cache is kept even if its watches are not
+            log.exception("restarting discovery after fork failed")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -69,6 +69,8 @@ class Gateway:
     names_refresh = 0.5
     #: seconds ``stop`` keeps serving with /healthz at 503, so load balancers stop sending first
     grace = 0.5
+    #: connections accepted per wake-up (a pre-fork worker takes 1: see framework.prefork)
+    max_accept = 100
 
     def __init__(self, etcd: Union[None, str, Sequence[str]] = None, *, prefix: str = DEFAULT_PREFIX,
                  timeout: float = 5.0, max_timeout: float = 60.0, limits: Limits = Limits(),
@@ -170,6 +172,7 @@ class Gateway:
                                   log=LoggingLogAdapter(logging.getLogger(__name__ + ".access"),
                                                         logging.DEBUG),
                                   error_log=LoggingLogAdapter(log, logging.ERROR))
+        self._server.max_accept = self.max_accept
         self._server.start()
         log.info("gateway listening on %s:%s", *self.address)
         return self

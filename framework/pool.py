@@ -1,15 +1,26 @@
 """Connection pool: one persistent, multiplexed :class:`~framework.transport.Connection` per node
-address, opened on first use and replaced once it dies or its node goes away."""
+address (one per worker of a ``--workers N`` node), opened on first use and replaced once it dies
+or its node goes away.
+
+A forked child starts with an empty pool: its inherited connections are the parent's sockets
+(:meth:`~framework.transport.Connection.drop_inherited` closes its copies), so it opens its own.
+"""
 from __future__ import annotations
 
+import itertools
+import os
 import ssl
 import threading
-from typing import Dict, Optional, Union
+import weakref
+from typing import Any, Dict, Optional, Union
 
 from . import protocol
 from .errors import NotSent
 from .tls import client_tls_context
 from .transport import Connection
+
+#: every Pool not yet collected, for the fork hook at the end of this module
+_live: "weakref.WeakSet[Pool]" = weakref.WeakSet()
 
 
 class Pool:
@@ -28,26 +39,42 @@ class Pool:
         #: seconds a node may take no byte of a pending write before its connection is given up
         #: (callers never wait for writes: their deadlines bound them)
         self.write_stall = write_stall
-        self._conns: Dict[str, Connection] = {}
+        self._conns: Dict[str, Connection] = {}   # address, or "address#i" for a node's i-th
+        self._turn = itertools.count()
         self._locks: Dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self.closed = False
+        _live.add(self)
 
-    def get(self, address: str, timeout: float) -> Connection:
-        conn = self._conns.get(address)
+    def get(self, address: str, timeout: float, ways: Any = 1) -> Connection:
+        """The connection to ``address``; ``ways``: the node's ``workers`` (processes sharing its
+        port, :mod:`framework.prefork`) - so many connections are kept, and calls take turns, or
+        every call would go to the one worker that accepted the connection."""
+        key = address
+        if ways != 1 and type(ways) is int and ways > 1:
+            # the kernel gives each new connection to whichever worker accepts first, so two
+            # per worker: with N workers, 2N connections reach most of them
+            turn = next(self._turn) % min(2 * ways, 64)
+            if turn:   # the first is keyed by the address alone: stalled() looks at it
+                key = f"{address}#{turn}"
+        conn = self._conns.get(key)
         if conn is not None and conn.alive and conn.accepting:
             return conn
         with self._lock:
-            lock = self._locks.setdefault(address, threading.Lock())
+            lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one connect per node at a time; the others reuse its result
-            conn = self._conns.get(address)
+            conn = self._conns.get(key)
             if conn is not None and conn.alive and conn.accepting:
                 return conn
             if self.closed:
                 raise NotSent("client is closed")
+            pid = os.getpid()
             conn = Connection.open(address, min(timeout, self.connect_timeout), self.max_frame,
                                    self.tls, self.write_stall)
-            self._conns[address] = conn
+            if os.getpid() != pid:   # a greenlet that forked meanwhile: the socket is shared
+                conn.drop_inherited()
+                raise NotSent(f"the process forked while connecting to {address}")
+            self._conns[key] = conn
             return conn
 
     def stalled(self, address: str, now: float) -> bool:
@@ -59,12 +86,29 @@ class Pool:
     def forget(self, address: str) -> None:
         """The node left the registry: retire its connection (calls in flight still get their
         answers - a draining node sends them)."""
-        conn = self._conns.pop(address, None)
-        if conn is not None:
-            conn.retire()
+        for key in [k for k in self._conns if k == address or k.startswith(address + "#")]:
+            conn = self._conns.pop(key, None)
+            if conn is not None:
+                conn.retire()
 
     def close(self) -> None:
         self.closed = True
         for conn in list(self._conns.values()):
             conn.close()
         self._conns.clear()
+
+    def _after_fork(self) -> None:
+        """In a forked child: no connection of the parent's, and fresh locks - one held by another
+        thread at fork time would never be released here (only the forking thread survives)."""
+        self._lock = threading.Lock()
+        self._locks = {}
+        self._conns = {}
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_live):
+        pool._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -85,7 +85,7 @@ def _backup(client: Any, answers: Answers, other: Node, method: str, params: Any
         Tracing.attempt(span, other.address, hedge=True)
     load = balancer.begin(other)
     try:
-        conn = client.pool.get(other.address, deadline - now)
+        conn = client.pool.get(other.address, deadline - now, other.meta.get("workers", 1))
         rid = conn.start(method, params, deadline - now, meta, deadline,
                          client.pool.stall_after, answers.slot(1))
     except NotSent:

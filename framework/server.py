@@ -94,6 +94,9 @@ class Server:
     #: whether to register (a pre-fork worker does not: its supervisor holds the registration)
     listener: Optional[socket.socket] = None
     register = True
+    #: connections accepted per wake-up (gevent's default 100); a pre-fork worker takes 1, so the
+    #: kernel's next connection may go to another worker
+    max_accept = 100
 
     def __init__(self, services: Sequence[type], host: str = "0.0.0.0", port: int = 0,
                  etcd: Union[None, bool, str, Sequence[str], EtcdConfig] = None, ttl: int = 10,
@@ -197,6 +200,7 @@ class Server:
         # a bounded spawn pool: at max_connections the server stops accepting until one closes
         self._server = StreamServer(self.listener or (self.host, self.port), self._handle,
                                     spawn=gevent.pool.Pool(self.max_connections))
+        self._server.max_accept = self.max_accept
         self._server.start()
         self.hub = gevent.get_hub()
         self.shedder.start()

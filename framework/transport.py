@@ -12,6 +12,9 @@ A call may also be given a hedge time (:mod:`framework.hedging`): if it has no a
 raises :class:`HedgeDue` and stays in flight, so the caller can send a backup elsewhere and take
 whichever answer comes first (:meth:`Connection.follow`, :meth:`Connection.start`).
 
+A forked child drops every connection it inherited (:meth:`Connection.drop_inherited`), without
+``shutdown``: the parent keeps its connections, and the child's pool opens its own.
+
 Any failure of the reader - a broken socket, a frame it cannot parse, an answer it cannot match -
 marks the connection dead and fails every call in flight on it, so it is never used again. Writes
 never hold a caller (:mod:`framework.writing`): a node that stops reading costs its callers no more
@@ -28,10 +31,12 @@ import collections
 import itertools
 import logging
 import math
+import os
 import socket
 import ssl
 import threading
 import time
+import weakref
 from typing import Any, Dict, Optional
 
 import gevent
@@ -44,6 +49,9 @@ from .sweeper import Sweeper
 from .writing import FrameWriter
 
 log = logging.getLogger(__name__)
+
+#: every Connection not yet collected, for the fork hook at the end of this module
+_live: "weakref.WeakSet[Connection]" = weakref.WeakSet()
 
 
 class _Pending:
@@ -90,9 +98,13 @@ class Connection:
             self._hub = gevent.get_hub()
             self._sweeper = Sweeper(self)
             self._pack = protocol.request_packer()   # callers share this OS thread
-        self._reader = threading.Thread(target=self._read_loop, name=f"framework-conn-{address}",
-                                        daemon=True)
-        self._reader.start()
+            # a greenlet, not a patched Thread: one lives on in a forked child (see drop_inherited)
+            # without threading's bookkeeping, which counts it stopped there
+            gevent.spawn(self._read_loop)
+        else:
+            threading.Thread(target=self._read_loop, name=f"framework-conn-{address}",
+                             daemon=True).start()
+        _live.add(self)
 
     @classmethod
     def open(cls, address: str, timeout: float, max_frame: int = protocol.MAX_FRAME,
@@ -342,6 +354,23 @@ class Connection:
     def close(self) -> None:
         self._fail(None)
 
+    def drop_inherited(self) -> None:
+        """In a forked child: give up this connection, whose socket is the parent's too. Only this
+        process's descriptor is closed: ``shutdown`` would end the parent's connection."""
+        alive, self.alive, self.accepting = self.alive, False, False
+        if alive:
+            try:
+                self.sock.close()   # in gevent this also wakes the surviving reader greenlet
+            except OSError:
+                pass
+        if self._hub is None:   # the callers were other threads, gone with the fork
+            self._pending.clear()
+            return
+        # greenlets survive a fork: a copy of a call in flight gets ConnectionLost, never NotSent -
+        # the parent sends and answers the original, so only an idempotent call is re-sent
+        self._writer.take_unsent()
+        self._fail(OSError("inherited across fork()"))
+
 
 def _result(response: Any) -> Any:
     """A call's answer as its caller sees it: the result, or the error raised."""
@@ -350,6 +379,18 @@ def _result(response: Any) -> Any:
     if "error" in response:
         raise from_error_object(response["error"])
     return response.get("result")
+
+
+def _drop_inherited_connections() -> None:
+    for conn in list(_live):
+        try:
+            conn.drop_inherited()
+        except Exception:   # never fail a fork; the next connection is the child's own anyway
+            log.exception("dropping the inherited connection to %s failed", conn.address)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
 def _green_threads() -> bool:

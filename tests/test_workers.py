@@ -87,3 +87,26 @@ def test_sigterm_drains_every_worker_with_no_lost_call(serve_node, make_client):
           f"{len(load.errors)} failed")
     assert load.errors == [], load.errors[:3]
     assert client.nodes("WorkService") == [nodes[1].address]
+
+
+def test_one_client_reaches_every_worker_of_a_node(serve_node, make_client, etcd):
+    # the record says "workers": 2, so a client keeps 4 connections to the node and its calls
+    # take turns on them: one calling process (a gateway, say) uses both workers - unless the
+    # kernel gave all 4 to one worker (1 in 8), hence a few fresh clients at most
+    node = serve_node("tests.services", extra_args=["--workers", "2"])
+    assert "workers=2" in wait_until(
+        lambda: (lambda out: out if "workers=2" in out else None)(
+            cli("ls", "HelloService", "--etcd", etcd.endpoint).stdout),
+        message="the record to say workers=2")
+    reached = []
+
+    def one_client_reaches_both():
+        client = make_client(timeout=3)
+        pids = {client.HelloService.Pid() for _ in range(40)}
+        client.close()
+        reached.append(len(pids))
+        return len(pids) == 2 and pids
+    pids = wait_until(one_client_reaches_both, timeout=20, interval=0.0,
+                      message="a client whose calls reach both workers")
+    print(f"\nworkers reached per fresh client: {reached}")
+    assert node.pid not in pids

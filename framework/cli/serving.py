@@ -183,6 +183,7 @@ def _worker_mode(component, args) -> None:
     import socket as socket_module
     import gevent
     component.listener = socket_module.socket(fileno=args.listen_fd)
+    component.max_accept = 1   # one connection per wake-up: the other workers get their turn
     component.register = False
     component.grace = 0.0
     parent = os.getppid()
