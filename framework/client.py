@@ -77,8 +77,10 @@ class Client:
         self.token = token
         self._meta = {"token": token} if token is not None else None   # meta of a plain call
         self._owns_discovery = discovery is None
+        self._owned_etcd = None   # an etcd client this Client made, closed with it
         if discovery is None:
-            etcd_client = etcd_client or EtcdConfig.coerce(etcd).client()
+            if etcd_client is None:
+                etcd_client = self._owned_etcd = EtcdConfig.coerce(etcd).client()
             discovery = Discovery(etcd_client, prefix)
         self.discovery = discovery
         self._owns_pool = pool is None
@@ -145,6 +147,8 @@ class Client:
             self.pool.close()
         if self._owns_discovery:
             self.discovery.close()
+        if self._owned_etcd is not None:
+            self._owned_etcd.close()   # its idle keep-alive connections
 
     def __enter__(self) -> "Client":
         return self

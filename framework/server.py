@@ -135,8 +135,10 @@ class Server:
             enabled=shedding is not False)
         self.metrics = NodeMetrics(self)
         self.etcd: Optional[EtcdAPI] = None
+        self._owned_etcd: Any = None   # one this Server made: closed when it stops
         if etcd is not False:
             self.etcd = etcd_client or EtcdConfig.coerce(etcd).client()
+            self._owned_etcd = None if etcd_client else self.etcd
         self.discovery: Optional[Discovery] = (
             Discovery(self.etcd, self.prefix) if self.etcd is not None else None)
         self.instances = [spec.cls() for spec in self.specs]
@@ -248,6 +250,8 @@ class Server:
             self.client.close()
         if self.discovery is not None:
             self.discovery.close()
+        if self._owned_etcd is not None:
+            self._owned_etcd.close()   # idle keep-alive connections (the lease is revoked)
         self._stopped.set()
         log.info("stopped %s", ", ".join(s.name for s in self.specs))
 

@@ -47,7 +47,8 @@ METHODS = [(protocol, impl, name) for protocol, impl in PAIRS for name in sorted
 
 
 def test_the_protocols_declare_what_the_framework_needs():
-    assert set(_methods(EtcdAPI)) == {"get_prefix", "put", "grant", "keepalive", "revoke", "watch"}
+    assert set(_methods(EtcdAPI)) == {"get_prefix", "put", "grant", "keepalive", "revoke", "delete",
+                                     "watch"}
     assert _attributes(EtcdAPI) == {"cluster_id", "endpoints"}
     assert set(_methods(WatchStream)) == {"__iter__", "close"}
 

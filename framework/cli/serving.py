@@ -186,6 +186,9 @@ def _worker_mode(component, args) -> None:
     component.max_accept = 1   # one connection per wake-up: the other workers get their turn
     component.register = False
     component.grace = 0.0
+    # its address stays registered while it drains (a reload): clients learn it is going away
+    # only from its GOAWAY, so late requests get GoingAway (re-sent) for longer before the close
+    component.linger = 1.0
     parent = os.getppid()
 
     def watch_parent():

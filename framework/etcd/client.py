@@ -1,4 +1,4 @@
-"""etcd access: the one module that talks to etcd, through etcd's v3 JSON gateway (HTTP/1.1).
+"""etcd requests: the one module that talks to etcd, through etcd's v3 JSON gateway (HTTP/1.1).
 
 Everything else uses the narrow interface :class:`EtcdAPI`, which :class:`Etcd` implements; it is
 also the seam where tests substitute a fake (``tests/test_etcd_interface.py`` keeps both in step).
@@ -7,18 +7,20 @@ Why the JSON gateway and ``http.client`` rather than a gRPC client: the same cod
 unpatched threaded program and in a gevent-patched one. ``http.client`` uses whatever ``socket`` the
 process has, so it is cooperative under gevent and plain blocking under threads, with no gRPC
 event-engine to integrate, no poisoned endpoints after an error and no reconnect backoff of its own.
-Each unary call opens a short-lived connection, so instances are safe to share between threads and
-greenlets. A watch holds one streaming connection.
+Unary calls travel on keep-alive connections that :class:`~framework.etcd.connections.Connections`
+lends out one request at a time, so instances are safe to share between threads and greenlets. A
+watch holds one streaming connection of its own.
 
 Endpoints are tried in order starting with the last one that worked; a connection-level failure moves
 on to the next, so losing one member of a cluster costs one connect attempt.
 
-Security: :class:`EtcdConfig` carries the endpoints plus TLS (a CA to verify etcd's server certificate,
-and a client certificate and key when etcd runs with ``--client-cert-auth``) and username/password
-auth. Every connection - unary calls and watches, from registration and discovery alike - is made by
-:class:`Etcd`, so one config secures all of them. With a username, the client authenticates once
-(``/v3/auth/authenticate``), sends the token on every request, and authenticates again when etcd
-says the token is invalid or expired (etcd forgets simple tokens when it restarts).
+Security: :class:`~framework.etcd.config.EtcdConfig` carries the endpoints plus TLS (a CA to verify
+etcd's server certificate, and a client certificate and key when etcd runs with
+``--client-cert-auth``) and username/password auth. Every connection - unary calls and watches, from
+registration and discovery alike - is made by :class:`Etcd`, so one config secures all of them. With a
+username, the client authenticates once (``/v3/auth/authenticate``), sends the token on every request,
+and authenticates again when etcd says the token is invalid or expired (etcd forgets simple tokens
+when it restarts).
 """
 from __future__ import annotations
 
@@ -28,17 +30,14 @@ import json
 import logging
 import socket
 import ssl
-import os
-from dataclasses import dataclass
-from typing import (Any, Generator, List, Mapping, NamedTuple, Optional, Protocol, Sequence, Tuple,
-                    Union, runtime_checkable)
+from typing import (Any, Generator, List, NamedTuple, Optional, Protocol, Sequence, Tuple, Union,
+                    runtime_checkable)
 
-from .errors import EtcdError, WatchLost
-from .tls import client_tls_context
+from ..errors import EtcdError, WatchLost
+from .config import parse_endpoints
+from .connections import Connection, Connections
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ENDPOINT = "127.0.0.1:2379"
 
 
 class KV(NamedTuple):
@@ -92,89 +91,11 @@ class EtcdAPI(Protocol):
 
     def revoke(self, lease: int) -> None: ...
 
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (a reloaded node no longer serves a service)."""
+
     def watch(self, prefix: str, start_revision: int, idle_timeout: float = 30.0) -> WatchStream:
         """Watch every key under ``prefix`` from ``start_revision`` on."""
-
-
-def parse_endpoints(etcd: Union[None, str, Sequence[str]], default: Optional[str] = None) -> List[str]:
-    """``"h:p"``, ``"h1:p1,h2:p2"``, a list of those, or None (then ``default``) -> ``["h:p", ...]``."""
-    if etcd is None:
-        etcd = default or DEFAULT_ENDPOINT
-    items = etcd.split(",") if isinstance(etcd, str) else list(etcd)
-    endpoints = []
-    for item in items:
-        item = item.strip()
-        for scheme in ("http://", "https://"):
-            if item.startswith(scheme):
-                item = item[len(scheme):]
-        item = item.rstrip("/")
-        if item:
-            if ":" not in item:
-                item += ":2379"
-            endpoints.append(item)
-    if not endpoints:
-        raise ValueError(f"no etcd endpoint in {etcd!r}")
-    return endpoints
-
-
-@dataclass(frozen=True)
-class EtcdConfig:
-    """How to reach etcd: endpoints, TLS files and credentials. Immutable; build one per program.
-
-    ``endpoints`` accepts ``"h:p"``, ``"h1:p1,h2:p2"``, ``"https://h:p"`` or a list. ``ca`` is the CA
-    bundle that signed etcd's server certificate (default: the system store when TLS is on);
-    ``cert``/``key`` are the client certificate for ``--client-cert-auth``. TLS is on when any of
-    ``ca``, ``cert`` or an ``https://`` endpoint is given. ``username``/``password`` enable etcd auth.
-    """
-
-    endpoints: Union[str, Sequence[str], None] = None
-    ca: Optional[str] = None
-    cert: Optional[str] = None
-    key: Optional[str] = None
-    username: Optional[str] = None
-    password: Optional[str] = None
-    timeout: float = 5.0
-
-    #: environment variables read by :meth:`from_env` (and by ``serve`` as flag defaults)
-    ENV = {"endpoints": "ETCD_ENDPOINTS", "ca": "ETCD_CA", "cert": "ETCD_CERT", "key": "ETCD_KEY",
-           "username": "ETCD_USER", "password": "ETCD_PASSWORD"}
-
-    @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "EtcdConfig":
-        """Settings from ``$ETCD_ENDPOINTS``, ``$ETCD_CA``, ``$ETCD_CERT``, ``$ETCD_KEY``,
-        ``$ETCD_USER`` and ``$ETCD_PASSWORD``; ``overrides`` that are not None win."""
-        environ = os.environ if environ is None else environ
-        values = {field: environ.get(var) or None for field, var in cls.ENV.items()}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    @classmethod
-    def coerce(cls, etcd: Union[None, str, Sequence[str], "EtcdConfig"]) -> "EtcdConfig":
-        """``etcd=`` as users pass it: a config as is; endpoints (str or list) with TLS/auth settings
-        from the environment; None -> everything from the environment (default 127.0.0.1:2379)."""
-        if isinstance(etcd, EtcdConfig):
-            return etcd
-        return cls.from_env(endpoints=etcd if etcd else None)
-
-    @property
-    def tls_enabled(self) -> bool:
-        eps = self.endpoints if isinstance(self.endpoints, str) else ",".join(self.endpoints or ())
-        return bool(self.ca or self.cert or "https://" in eps)
-
-    def ssl_context(self) -> Optional[ssl.SSLContext]:
-        if not self.tls_enabled:
-            return None
-        return client_tls_context(self.ca, self.cert, self.key)
-
-    def client(self) -> "Etcd":
-        """A new :class:`Etcd` built from this config."""
-        return Etcd(self.endpoints, timeout=self.timeout, username=self.username,
-                    password=self.password, tls=self.ssl_context())
-
-    def __repr__(self) -> str:  # never print the password
-        return (f"EtcdConfig(endpoints={self.endpoints!r}, ca={self.ca!r}, cert={self.cert!r}, "
-                f"key={self.key!r}, username={self.username!r}, "
-                f"password={'***' if self.password else None})")
 
 
 def _b64(s: Union[str, bytes]) -> str:
@@ -197,27 +118,23 @@ def _kv(d: dict) -> KV:
 _NOT_JSON = object()
 
 
-def _answer(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> Tuple[bytes, Any]:
-    """Read the whole body, close the connection, decode JSON: ``(raw, data)``. ``data`` is ``{}``
-    for an empty body and ``_NOT_JSON`` for a body that is not JSON (each caller reports that)."""
+def _decode(raw: bytes) -> Any:
+    """JSON ``raw``: ``{}`` for an empty body and ``_NOT_JSON`` for a body that is not JSON (each
+    caller reports that)."""
     try:
-        raw = resp.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise EtcdError(f"etcd read failed: {exc}") from None
-    finally:
-        conn.close()
-    try:
-        return raw, json.loads(raw or b"{}")
+        return json.loads(raw or b"{}")
     except ValueError:
-        return raw, _NOT_JSON
+        return _NOT_JSON
 
 
 class Etcd:
-    """A small etcd v3 client. ``tls`` is an ``ssl.SSLContext`` (see :func:`framework.tls.client_tls_context`)."""
+    """A small etcd v3 client. ``tls`` is an ``ssl.SSLContext`` (see
+    :func:`framework.tls.client_tls_context`). ``keep_alive=False`` gives every request a connection
+    of its own (for before/after measurements)."""
 
     def __init__(self, endpoints: Union[str, Sequence[str], None] = None, timeout: float = 5.0,
                  username: Optional[str] = None, password: Optional[str] = None,
-                 tls: Optional[ssl.SSLContext] = None):
+                 tls: Optional[ssl.SSLContext] = None, keep_alive: bool = True):
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
         self.username, self.password = username, password
@@ -226,15 +143,24 @@ class Etcd:
         self._token: Optional[str] = None
         #: cluster id reported by the last answer; a change means etcd was replaced.
         self.cluster_id: Optional[str] = None
+        self._connections = Connections(tls, keep_alive)
+
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections made to etcd so far (each a TLS handshake with TLS), watches included."""
+        return self._connections.opened
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent to etcd so far, watches and authentications included."""
+        return self._connections.requests
+
+    @property
+    def idle_connections(self) -> int:
+        """Keep-alive connections waiting for the next request, all endpoints together."""
+        return self._connections.idle()
 
     # ---- transport -----------------------------------------------------------------------------
-
-    def _connection(self, endpoint: str, timeout: float) -> http.client.HTTPConnection:
-        host, _, port = endpoint.rpartition(":")
-        host = host.strip("[]")
-        if self.tls is not None:
-            return http.client.HTTPSConnection(host, int(port), timeout=timeout, context=self.tls)
-        return http.client.HTTPConnection(host, int(port), timeout=timeout)
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -242,8 +168,9 @@ class Etcd:
             headers["Authorization"] = self._token
         return headers
 
-    def _open(self, path: str, body: dict, timeout: float):
-        """POST to the first endpoint that answers; returns (connection, response)."""
+    def _open(self, path: str, body: dict, timeout: float, stream: bool = False):
+        """POST to the first endpoint that answers; returns (connection, response). ``stream``: a
+        connection of its own, never pooled (a watch)."""
         payload = json.dumps(body)
         errors = []
         n = len(self.endpoints)
@@ -251,25 +178,39 @@ class Etcd:
         for i in range(n):
             index = (start + i) % n
             endpoint = self.endpoints[index]
-            conn = self._connection(endpoint, timeout)
+            conn = None
             try:
-                conn.request("POST", path, payload, self._headers())
-                resp = conn.getresponse()
+                conn, resp = self._connections.request(endpoint, path, payload, self._headers(),
+                                                       timeout, stream)
                 if resp.status in (502, 503, 504):  # member without a leader, or gateway trouble
                     raise EtcdError(f"{endpoint} answered HTTP {resp.status}: {resp.read()[:200]!r}")
             except (OSError, http.client.HTTPException, EtcdError) as exc:
-                conn.close()
+                if conn is not None:
+                    self._connections.discard(conn)
                 errors.append(f"{endpoint}: {exc}")
                 continue
             self._current = index
             return conn, resp
         raise EtcdError("etcd unreachable: " + "; ".join(errors))
 
+    def _answer(self, conn: Connection, resp: http.client.HTTPResponse) -> Tuple[bytes, Any]:
+        """Read the whole body, give the connection back (or close it), decode JSON:
+        ``(raw, data)``, ``data`` as :func:`_decode` returns it."""
+        try:
+            raw = resp.read()
+        except BaseException as exc:
+            self._connections.discard(conn)
+            if isinstance(exc, (OSError, http.client.HTTPException)):
+                raise EtcdError(f"etcd read failed: {exc}") from None
+            raise
+        self._connections.release(conn, resp)
+        return raw, _decode(raw)
+
     def _call(self, path: str, body: dict, retry_auth: bool = True) -> dict:
         if self.username and not self._token:
             self._authenticate()
         conn, resp = self._open(path, body, self.timeout)
-        raw, data = _answer(conn, resp)
+        raw, data = self._answer(conn, resp)
         if data is _NOT_JSON:
             raise EtcdError(f"etcd answered non-JSON: {raw[:200]!r}")
         if resp.status != 200:
@@ -288,7 +229,7 @@ class Etcd:
     def _authenticate(self) -> None:
         conn, resp = self._open("/v3/auth/authenticate",
                                 {"name": self.username, "password": self.password or ""}, self.timeout)
-        raw, data = _answer(conn, resp)
+        raw, data = self._answer(conn, resp)
         if data is _NOT_JSON:
             data = {"message": raw[:200].decode("utf-8", "replace").strip()}
         if resp.status != 200 or not data.get("token"):
@@ -334,7 +275,7 @@ class Etcd:
             self._authenticate()
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision), "progress_notify": True}}
-        conn, resp = self._open("/v3/watch", body, idle_timeout)
+        conn, resp = self._open("/v3/watch", body, idle_timeout, stream=True)
         if resp.status != 200:
             raw = resp.read()[:200]
             conn.close()
@@ -342,7 +283,9 @@ class Etcd:
         return Watch(conn, resp)
 
     def close(self) -> None:
-        """Nothing is held between calls; present so callers can treat this like a resource."""
+        """Close the idle keep-alive connections (watches close themselves). The client stays
+        usable: a later call connects again."""
+        self._connections.close()
 
 
 class Watch:
