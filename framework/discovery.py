@@ -14,11 +14,16 @@ A full list replaces the view wholesale, so after etcd is replaced the cache con
 nodes the new etcd does not list yet are kept for ``replace_grace`` seconds while they register again.
 Callers only read immutable snapshots; they never touch etcd.
 
+Past ``shared_above`` watched services the per-service workers stop and one shared worker
+(:mod:`framework.watching`) does 1-3 for the whole prefix, routing each event to its service's cache,
+so a process watching a thousand services holds one watch connection, not a thousand.
+
 In a forked child the cache lives on: the snapshots are kept, so calls work at once, and each
-watched service gets a new worker that starts again at 1. The inherited watch's socket is the
-parent's too: the child closes its copy only (``shutdown`` would end the parent's watch). In a plain
-program the worker threads did not survive the fork (the locks they may have held are replaced); in
-a gevent-patched one the worker greenlets did, and are ended before they read the parent's bytes.
+watched service (past ``shared_above``: the shared watch) gets a new worker that starts again at 1.
+The inherited watch's socket is the parent's too: the child closes its copy only (``shutdown``
+would end the parent's watch). In a plain program the worker threads did not survive the fork (the
+locks they may have held are replaced); in a gevent-patched one the worker greenlets did, and are
+ended before they read the parent's bytes.
 """
 from __future__ import annotations
 
@@ -31,13 +36,13 @@ import weakref
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import gevent
-from gevent import monkey
 
 from . import record
 from .backoff import Backoff
 from .errors import EtcdError
-from .etcd import EtcdAPI, WatchStream
+from .etcd import KV, EtcdAPI, Event, WatchStream
 from .record import Node
+from .watching import SharedWatch, _drop_inherited, end, spawn
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ Listener = Callable[[str, List["Node"], List["Node"], Tuple["Node", ...]], None]
 class _Watched:
     """The cache of one service prefix and the worker that keeps it current."""
 
-    def __init__(self, discovery: "Discovery", service: str):
+    def __init__(self, discovery: "Discovery", service: str, worker: bool = True):
         self.discovery = discovery
         self.service = service
         self.prefix = f"{discovery.prefix}{service}/"
@@ -65,15 +70,13 @@ class _Watched:
         self.carried: Dict[str, Node] = {}   # nodes kept through an etcd replacement
         self.carry_until = 0.0
         self.watch: Optional[WatchStream] = None
-        self.thread = self._new_thread()
+        self.retired = False   # the shared watch took over: this service's worker stops
+        #: this service's own worker; None while the shared watch keeps the cache
+        self.thread: Optional[Union[threading.Thread, gevent.Greenlet]] = (
+            self._new_thread() if worker else None)
 
     def _new_thread(self) -> Union[threading.Thread, gevent.Greenlet]:
-        if monkey.is_module_patched("threading"):
-            # a greenlet, not a patched Thread: it lives on in a forked child without threading's
-            # bookkeeping, which counts it stopped there
-            return gevent.Greenlet(self._run)
-        return threading.Thread(target=self._run, name=f"framework-watch-{self.service}",
-                                daemon=True)
+        return spawn(self._run, f"framework-watch-{self.service}")
 
     def _after_fork(self, restart: bool) -> None:
         """In a forked child: let go of the parent's watch and worker, and with ``restart`` start
@@ -89,7 +92,7 @@ class _Watched:
             _drop_inherited(watch)
         # a thread lost between setting ``nodes`` and ``snapshot`` left them apart
         self.snapshot = tuple(sorted(self.nodes.values(), key=lambda n: n.address))
-        if restart:
+        if restart and not self.retired:
             self.thread = self._new_thread()
             self.thread.start()
 
@@ -114,6 +117,12 @@ class _Watched:
         d = self.discovery
         revision, kvs = d.etcd.get_prefix(self.prefix)
         cluster = d.etcd.cluster_id
+        self.apply_list(revision, cluster, kvs)
+        return cluster
+
+    def apply_list(self, revision: int, cluster: Optional[str], kvs: List[KV]) -> None:
+        """Replace the view with a full list of this service taken at ``revision``."""
+        d = self.discovery
         nodes = {}
         for kv in kvs:
             node = record.parse(kv.key, kv.value)
@@ -138,7 +147,22 @@ class _Watched:
         self.revision = revision
         self._publish({**self.carried, **nodes})
         self.ready.set()
-        return cluster
+
+    def apply_events(self, revision: int, events: List[Event]) -> None:
+        """Apply watched PUT/DELETE events of this service in place."""
+        nodes = dict(self.nodes)
+        for ev in events:
+            self.carried.pop(ev.kv.key, None)
+            if ev.type == "DELETE":
+                nodes.pop(ev.kv.key, None)
+            else:
+                node = record.parse(ev.kv.key, ev.kv.value)
+                if node is not None:
+                    nodes[ev.kv.key] = node
+                else:
+                    nodes.pop(ev.kv.key, None)
+        self.revision = revision
+        self._publish(nodes)
 
     def _watch_timeout(self) -> float:
         idle = self.discovery.idle_resync
@@ -149,7 +173,7 @@ class _Watched:
     def _run(self) -> None:
         d = self.discovery
         backoff = Backoff(base=0.05, cap=2.0)
-        while not d.closed:
+        while not d.closed and not self.retired:
             try:
                 cluster = self._list()
                 pid = os.getpid()
@@ -158,8 +182,8 @@ class _Watched:
                 if os.getpid() != pid:   # forked meanwhile, not yet killed: the parent's socket
                     _drop_inherited(watch)
                     continue
-                if d.closed:
-                    watch.close()
+                if d.closed or self.retired:   # retired: the shared watch lists after we return
+                    end(watch)
                     return
                 backoff.reset()
                 stream = iter(watch)
@@ -171,30 +195,18 @@ class _Watched:
                     if self.carried and time.monotonic() >= self.carry_until:
                         break  # grace over: a full list drops the carried nodes that never came back
                     if events:
-                        nodes = dict(self.nodes)
-                        for ev in events:
-                            self.carried.pop(ev.kv.key, None)
-                            if ev.type == "DELETE":
-                                nodes.pop(ev.kv.key, None)
-                            else:
-                                node = record.parse(ev.kv.key, ev.kv.value)
-                                if node is not None:
-                                    nodes[ev.kv.key] = node
-                                else:
-                                    nodes.pop(ev.kv.key, None)
-                        self.revision = revision
-                        self._publish(nodes)
+                        self.apply_events(revision, events)
                 stream.close()
             except (socket.timeout, TimeoutError):
                 log.debug("watch of %s idle for %ss; listing again", self.service, d.idle_resync)
             except EtcdError as exc:
-                if d.closed:
+                if d.closed or self.retired:
                     return
                 delay = backoff.next()
                 log.warning("watch of %s lost (%s); listing again in %.2fs", self.service, exc, delay)
                 d._stop.wait(delay)
             except Exception:  # never let the cache die silently
-                if d.closed:
+                if d.closed or self.retired:
                     return
                 log.exception("watch of %s failed; listing again", self.service)
                 d._stop.wait(backoff.next())
@@ -205,8 +217,11 @@ class Discovery:
     """Watched caches for any number of services; share one per process (``Client(discovery=...)``)."""
 
     def __init__(self, etcd: EtcdAPI, prefix: str = DEFAULT_PREFIX, idle_resync: float = 30.0,
-                 replace_grace: float = 10.0):
+                 replace_grace: float = 10.0, shared_above: int = 8):
         self.etcd = etcd
+        #: past this many watched services, one watch over the whole prefix serves them all
+        self.shared_above = shared_above
+        self._shared: Optional[SharedWatch] = None
         #: after etcd is replaced by another cluster, seconds to keep nodes it does not list yet
         self.replace_grace = replace_grace
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
@@ -226,10 +241,30 @@ class Discovery:
                 if watched is None:
                     if self.closed:
                         raise RuntimeError("discovery is closed")
-                    watched = _Watched(self, service)
+                    share = self._shared is None and len(self._watched) >= self.shared_above
+                    watched = _Watched(self, service, worker=self._shared is None and not share)
                     self._watched[service] = watched
-                    watched.thread.start()
+                    if share:
+                        self._share()
+                    elif self._shared is not None:
+                        self._shared.joined()
+                    else:
+                        watched.thread.start()
         return watched
+
+    def _share(self) -> None:
+        """Retire every per-service worker and start the one shared watch, which waits for them
+        to end before its first list (a late list of theirs must not land after its own)."""
+        retired = []
+        for watched in self._watched.values():
+            if watched.thread is not None:
+                watched.retired = True
+                retired.append(watched.thread)
+                if watched.watch is not None:
+                    watched.watch.close()
+        log.info("watching %d services: one watch over %s", len(self._watched), self.prefix)
+        self._shared = SharedWatch(self, retired)
+        self._shared.thread.start()
 
     def nodes(self, service: str, wait: float = 0.0) -> Tuple[Node, ...]:
         """The live nodes of ``service`` (an immutable snapshot). On first use, waits up to ``wait``
@@ -269,6 +304,8 @@ class Discovery:
         for watched in list(self._watched.values()):
             if watched.watch is not None:
                 watched.watch.close()
+        if self._shared is not None:
+            self._shared.close()
 
     def _after_fork(self) -> None:
         """In a forked child: every watched service gets a watch of the child's own. The locks
@@ -277,7 +314,9 @@ class Discovery:
         self._lock = threading.Lock()
         self._stop = _copy_event(self._stop)
         for watched in list(self._watched.values()):
-            watched._after_fork(restart=not self.closed)
+            watched._after_fork(restart=not self.closed and self._shared is None)
+        if self._shared is not None:
+            self._shared._after_fork(restart=not self.closed)
 
 
 def _copy_event(event: threading.Event) -> threading.Event:
@@ -286,21 +325,6 @@ def _copy_event(event: threading.Event) -> threading.Event:
     if event.is_set():
         copy.set()
     return copy
-
-
-def _drop_inherited(watch: WatchStream) -> None:
-    """Close this process's descriptor of an inherited watch's socket, and nothing else: no
-    ``shutdown`` (the parent's watch would end too) and no close of its buffered reader (a thread
-    lost in the fork may hold that reader's lock, and closing it would wait forever)."""
-    conn = getattr(watch, "_conn", None)   # an etcd.Watch's HTTP connection; fakes have none
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return
-    conn.sock = None   # a later close() of the watch must not shut the socket down
-    try:
-        os.close(sock.detach())   # the socket object no longer owns the descriptor
-    except OSError:
-        pass
 
 
 def _after_fork_in_child() -> None:
