@@ -60,7 +60,7 @@ def wrk(address: str, seconds: float, connections: int = 64) -> float:
     path = os.path.join(ROOT, "bench", ".wrk-post.lua")
     with open(path, "w") as f:
         f.write(_WRK_SCRIPT)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", path,
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", path,
                           f"http://{address}/"], capture_output=True, text=True, timeout=120).stdout
     for line in out.splitlines():
         if line.startswith("Requests/sec:"):
