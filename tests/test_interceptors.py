@@ -105,8 +105,11 @@ def test_calls_made_inside_a_handler_inherit_its_deadline_and_are_counted(serve_
     # Back.Sleep(5) through a client whose default timeout is 5 s: the handler's call ends at the
     # deadline of the call it serves (0.6 s), not 5 s later
     started = time.monotonic()
-    with pytest.raises(framework.Timeout):
-        client.Front.Slow(5)
+    try:   # the inner call ends at the node's copy of the deadline, a hair before the caller's:
+        answer = client.Front.Slow(5)   # its "timeout" answer may still arrive in time
+        assert answer["outcome"] == "timeout" and answer["took"] < 0.6, answer
+    except framework.Timeout:
+        pass
     took = time.monotonic() - started
     assert took < 0.6 + 0.3, took
     # the node's own client counted both calls in its /metrics; the inner one gave up in time
