@@ -6,8 +6,9 @@ replaced by its part of the list); watch from R+1, routing each event to its ser
 key's service segment (``<prefix><Service>/<host:port>``) and dropping events of services nobody
 watches; on any watch trouble - stream closed, compaction, a different cluster, ``idle_resync``
 without a message - list again. An etcd error never empties a cache. A service first watched
-while the watch runs makes it list again (joins that arrive together share one list), so every
-cache starts from a full list.
+while the watch runs is listed on its own (its part of the prefix), and the watch resumes from the
+revision it had reached, so every cache starts from a full list of its service without the whole
+prefix being listed once per service.
 """
 from __future__ import annotations
 
@@ -88,6 +89,20 @@ class SharedWatch:
         self.grace_ends = min((w.carry_until for w in listed.values() if w.carried), default=None)
         return cluster
 
+    def _list_joined(self) -> Optional[str]:
+        """Only the services watched since the last list, each listed on its own: a gateway that
+        meets 1,000 services one by one must not list the whole prefix 1,000 times. The watch
+        then resumes from the revision it had reached, so the events between that and a new
+        service's list are applied again on top of it - in order, ending where the list was."""
+        d = self.discovery
+        self.relist = False
+        for name, watched in list(d._watched.items()):
+            if name not in self.listed:
+                revision, kvs = d.etcd.get_prefix(f"{d.prefix}{name}/")
+                watched.apply_list(revision, d.etcd.cluster_id, kvs)
+                self.listed[name] = watched
+        return d.etcd.cluster_id
+
     def _service(self, key: str) -> str:
         return key[len(self.discovery.prefix):].split("/", 1)[0]
 
@@ -130,7 +145,10 @@ class SharedWatch:
         backoff = Backoff(base=0.05, cap=2.0)
         while not d.closed:
             try:
-                cluster = self._list()
+                # a join closed the watch on purpose: list the new services alone; anything
+                # else (the first list, a lost or idle watch) lists the whole prefix
+                joined = self.relist and self.listed and self.revision
+                cluster = self._list_joined() if joined else self._list()
                 pid = os.getpid()
                 self.watch = watch = d.etcd.watch(d.prefix, self.revision + 1, self._timeout())
                 if os.getpid() != pid:   # forked meanwhile, not yet killed: the parent's socket
