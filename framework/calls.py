@@ -155,10 +155,8 @@ def baggage_set(header: Optional[str], key: str, value: str) -> str:
     return ",".join(members + [f"{key}={value}"])
 
 
-def inherited(parent: Optional[Call]) -> Tuple[float, Dict[str, str]]:
+def inherited(parent: Call) -> Tuple[float, Dict[str, str]]:
     """What a call made inside ``parent``'s handler takes from it: the deadline, and the trace
     context entries of its metadata."""
-    if parent is None:
-        return float("inf"), {}
     md = parent.metadata
     return parent.deadline, {k: md[k] for k in PROPAGATED if k in md}

@@ -41,7 +41,7 @@ class Dispatcher:
                  interceptors: Iterable[calls.Interceptor] = (),
                  tracing: Optional[Tracing] = None):
         #: "Service.method" -> (spec, bound handler, service name, arity, proceed): ``proceed``
-        #: runs the interceptors and then the handler (None without interceptors)
+        #: runs the interceptors, if any, and then the handler
         self.table: Dict[str, Tuple[MethodSpec, Callable, str, Optional[Tuple[int, float]],
                                     Optional[Callable]]] = {}
         self.token = token
@@ -54,8 +54,7 @@ class Dispatcher:
             spec = spec_of(type(instance))
             for name, mspec in spec.methods.items():
                 bound = mspec.function.__get__(instance, type(instance))
-                proceed = calls.chain(self.interceptors, _handler(bound)) \
-                    if self.interceptors else None
+                proceed = calls.chain(self.interceptors, _handler(bound))
                 self.table[f"{spec.name}.{name}"] = (mspec, bound, spec.name,
                                                      _arity(mspec.signature), proceed)
 
@@ -123,7 +122,7 @@ class Dispatcher:
                 outcome = "invalid_params" if isinstance(exc, InvalidParams) else "invalid_request"
                 return protocol.error_response(rid, exc)
             tracer = self.tracing.tracer(started) if self.tracing.enabled else None
-            if proceed is None and tracer is None:   # the handler alone: its Call built lazily
+            if tracer is None and not self.interceptors:   # the handler alone: Call built lazily
                 token = calls.enter((service_name, mspec.name, params, metadata, deadline, peer))
                 try:
                     result = bound(**params) if type(params) is dict else bound(*params)
@@ -136,7 +135,7 @@ class Dispatcher:
                 return protocol.response(rid, result)
             call = calls.Call(service_name, mspec.name, params,
                               {} if metadata is None else metadata, deadline, peer)
-            response = self._run(rid, call, tracer, bound, proceed)
+            response = self._run(rid, call, tracer, proceed)
             if "error" in response:
                 outcome = "error"
             return response
@@ -144,8 +143,7 @@ class Dispatcher:
             if self.observe is not None:
                 self.observe(service_name, mspec.name, outcome, time.monotonic() - started)
 
-    def _run(self, rid: Any, call: calls.Call, tracer: Any, bound: Callable,
-             proceed: Optional[Callable]) -> dict:
+    def _run(self, rid: Any, call: calls.Call, tracer: Any, proceed: Callable) -> dict:
         """Run the handler as the current call, inside the interceptors and, with ``tracer``, a
         SERVER span: its response."""
         span = None
@@ -155,12 +153,7 @@ class Dispatcher:
             call.span = span
         token = calls.enter(call)
         try:
-            if proceed is not None:
-                result = proceed(call)
-            else:
-                params = call.params
-                result = bound(**params) if type(params) is dict else bound(*params)
-            response = protocol.response(rid, result)
+            response = protocol.response(rid, proceed(call))
         except Exception as exc:  # the handler's failure is the caller's answer, not ours
             log.debug("handler %s.%s raised", call.service, call.method, exc_info=True)
             response = protocol.error_response(rid, exc)

@@ -55,12 +55,6 @@ class Node(NamedTuple):
         methods = self.meta.get("methods")
         return method in methods if isinstance(methods, dict) else None
 
-    @property
-    def workers(self) -> int:
-        """Worker processes sharing the address (``serve --workers N``; 1 otherwise)."""
-        workers = self.meta.get("workers")
-        return min(workers, 64) if type(workers) is int and workers > 1 else 1
-
     def label(self, name: str) -> Optional[str]:
         labels = self.meta.get("labels")
         return labels.get(name) if isinstance(labels, dict) else None
