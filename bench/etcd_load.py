@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional  # noqa: E402
 from framework.devetcd import EtcdProcess, make_certs  # noqa: E402
 from framework.etcd import Etcd, EtcdConfig  # noqa: E402
 from framework.registry import Registration  # noqa: E402
+from framework.testing.wire import established  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = {"plain-reuse": (False, True), "plain-no-reuse": (False, False),
@@ -136,22 +137,6 @@ def _passive_opens() -> int:
     return int(rows[1][rows[0].index("PassiveOpens")])
 
 
-def _established_to(port: int) -> int:
-    """Kernel view: ESTABLISHED sockets whose remote end is ``port`` (etcd's clients)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if fields[3] == "01" and int(fields[2].rpartition(":")[2], 16) == port:
-                count += 1
-    return count
-
-
 class Workers:
     """The worker processes of one scenario, driven over their stdin and stdout."""
 
@@ -222,7 +207,7 @@ def run_scenario(name: str, args, certs) -> dict:
                 "host_accepts_per_s": (k1 - k0) / dt,
                 "call_p50_ms": 1000 * window[len(window) // 2],
                 "call_p99_ms": 1000 * window[int(len(window) * 0.99)],
-                "established": _established_to(etcd.port), "etcd_open_fds": e1["fds"],
+                "established": established(etcd.port, this_process=False), "etcd_open_fds": e1["fds"],
                 "etcd_cpu_pct": 100 * (e1["cpu"] - e0["cpu"]) / dt,
                 "clients_cpu_pct": 100 * (c1["cpu"] - c0["cpu"]) / dt,
                 "registered_at_end": c1["registered"], "failures": c1["failures"] - c0["failures"]}

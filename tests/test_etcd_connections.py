@@ -4,46 +4,17 @@ Each test counts connections twice: with the client's own counters (``connection
 ``requests``) and as the kernel sees them (ESTABLISHED sockets of this process to etcd's client
 port, from ``/proc``), so a counter that lies cannot pass.
 """
-import json
-import os
-import select
 import threading
 
 import framework
 from framework.etcd import Connections, Etcd
 from framework.devetcd import make_certs
-from framework.testing import wait_until
-
-
-def _own_socket_inodes() -> set:
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:   # closed since listdir
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    return inodes
+from framework.testing import ForkedChild, wait_until, wire
 
 
 def established(endpoint: str) -> int:
     """ESTABLISHED TCP connections from this process to ``endpoint``'s port, per the kernel."""
-    port = int(endpoint.rpartition(":")[2])
-    mine = _own_socket_inodes()
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for row in rows:
-            fields = row.split()
-            remote_port = int(fields[2].rpartition(":")[2], 16)
-            if fields[3] == "01" and remote_port == port and fields[9] in mine:
-                count += 1
-    return count
+    return wire.established(int(endpoint.rpartition(":")[2]))
 
 
 def test_keepalives_puts_and_lists_in_sequence_share_one_connection(etcd):
@@ -162,33 +133,13 @@ def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents_alone(et
     client = Etcd(etcd.endpoint)
     client.put("/conn/fork/parent", "1")
     assert client.idle_connections == 1
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:   # the child: report over the pipe and leave without running pytest's exit code
-        try:
-            os.close(read_end)
-            try:
-                report = _child_report(client)
-            except BaseException as exc:
-                report = {"error": repr(exc)}
-            os.write(write_end, json.dumps(report).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
+    child = ForkedChild(lambda: _child_report(client))
     try:
-        readable, _, _ = select.select([read_end], [], [], 10)
-        assert readable, "the child did not report within 10s"
-        chunks = []
-        while True:
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
+        report = child.report(10)
+        assert "error" not in report, report
+        report = report["result"]
     finally:
-        os.close(read_end)
-        wait_until(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, timeout=10,
-                   message="the child to exit")
-    report = json.loads(b"".join(chunks))
+        child.close()
     assert report == {"idle_inherited": 0, "opened_before": 1, "opened_after": 2,
                       "idle_after": 1}
     # the parent's pooled connection survived the child closing its copy

@@ -1,15 +1,12 @@
 """Pre-fork applications: a Client made before ``fork()`` works in the child, and the parent's keeps
 working (gunicorn --preload, Celery's prefork pool, multiprocessing's fork start method)."""
 
-import json
 import multiprocessing
 import os
-import select
-import signal
 import threading
 import time
 
-from framework.testing import wait_until
+from framework.testing import ForkedChild, wait_until
 from tests.probes import start_probe
 
 #: a gevent-patched caller that forks (run with ``python -c``): both processes call at once; after
@@ -78,62 +75,6 @@ def hammer(client, tag, seconds, callers=2):
             "errors": [e for r in results for e in r[2]][:5]}
 
 
-class Child:
-    """``work()`` run in a forked child, which reports its JSON result over a pipe and leaves with
-    ``os._exit`` (it never returns into pytest). ``close()`` kills it if it is still running."""
-
-    def __init__(self, work):
-        read, write = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            try:
-                os.close(read)
-                try:
-                    report = {"result": work()}
-                except BaseException as exc:
-                    report = {"error": repr(exc)}
-                os.write(write, json.dumps(report).encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        self.read, self.status = read, None
-
-    def report(self, timeout):
-        """The child's report once it exited (within ``timeout`` seconds, else it is killed)."""
-        deadline = time.monotonic() + timeout
-        chunks = []
-        while True:
-            ready, _, _ = select.select([self.read], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                self.close()
-                raise AssertionError(f"the child sent no report within {timeout}s")
-            chunk = os.read(self.read, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        wait_until(self._reaped, timeout=max(0.1, deadline - time.monotonic()),
-                   message="the child to exit")
-        assert self.status == 0
-        return json.loads(b"".join(chunks))
-
-    def _reaped(self):
-        if self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-        return self.status is not None
-
-    def close(self):
-        if self.status is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            self.status = -9
-        os.close(self.read)
-
-
 def _warm(client, nodes):
     """Calls until the client holds a connection to each of ``nodes`` (and watches the service)."""
     wait_until(lambda: len(client.nodes("HelloService")) == len(nodes), timeout=10)
@@ -148,7 +89,7 @@ def test_parent_and_forked_child_call_at_once_and_never_get_each_others_answers(
     client = make_client(timeout=5)
     before = _warm(client, nodes)
 
-    child = processes.add(Child(lambda: hammer(client, "child", 1.5)))
+    child = processes.add(ForkedChild(lambda: hammer(client, "child", 1.5)))
     parent = hammer(client, "parent", 1.5)
     report = child.report(timeout=10)
 
@@ -178,7 +119,7 @@ def test_a_node_that_joins_after_the_fork_is_seen_and_called_by_the_child(
                    message="a call from the child to reach the new node")
         return {"joined": sorted(joined), "pids": sorted(pids)}
 
-    child = processes.add(Child(in_child))
+    child = processes.add(ForkedChild(in_child))
     second = serve_node("tests.services")
     report = child.report(timeout=15)
 

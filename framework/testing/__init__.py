@@ -34,11 +34,11 @@ from ..devetcd import EtcdProcess, cluster, find_binary
 from .load import Load, Outcome
 from .metrics import sample, scrape_metrics
 from .netns import NetworkUnavailable, TestNetwork
-from .processes import GatewayProcess, NodeProcess, ProcessGroup
+from .processes import ForkedChild, GatewayProcess, NodeProcess, ProcessGroup
 from .waiting import wait_until
 from .wire import RawConnection, frame, frame_header, http_request, post_json
 
-__all__ = ["EtcdProcess", "NodeProcess", "GatewayProcess", "ProcessGroup", "wait_until",
+__all__ = ["EtcdProcess", "NodeProcess", "ForkedChild", "GatewayProcess", "ProcessGroup", "wait_until",
            "http_request", "cluster", "find_binary", "Load", "Outcome", "RawConnection", "frame",
            "frame_header", "post_json", "scrape_metrics", "sample", "TestNetwork",
            "NetworkUnavailable"]

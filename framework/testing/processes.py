@@ -6,8 +6,10 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import time
 from typing import List, Optional, Sequence
 
 from ..devetcd import EtcdProcess
+from .waiting import wait_until
 from .wire import http_request, post_json
 
 _READY = re.compile(r"^serving (\S+) on (\S+):(\d+) advertised as (\S+)")
@@ -196,3 +199,59 @@ class ProcessGroup:
                 item.close()
             except Exception:
                 pass
+
+
+class ForkedChild:
+    """``work()`` run in a forked child, which reports its JSON result over a pipe and leaves with
+    ``os._exit`` (it never returns into pytest). ``close()`` kills it if it is still running."""
+
+    def __init__(self, work):
+        read, write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.close(read)
+                try:
+                    report = {"result": work()}
+                except BaseException as exc:
+                    report = {"error": repr(exc)}
+                os.write(write, json.dumps(report).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        self.read, self.status = read, None
+
+    def report(self, timeout):
+        """The child's report once it exited (within ``timeout`` seconds, else it is killed)."""
+        deadline = time.monotonic() + timeout
+        chunks = []
+        while True:
+            ready, _, _ = select.select([self.read], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self.close()
+                raise AssertionError(f"the child sent no report within {timeout}s")
+            chunk = os.read(self.read, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        wait_until(self._reaped, timeout=max(0.1, deadline - time.monotonic()),
+                   message="the child to exit")
+        assert self.status == 0
+        return json.loads(b"".join(chunks))
+
+    def _reaped(self):
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status is not None
+
+    def close(self):
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.status = -9
+        os.close(self.read)

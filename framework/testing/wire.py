@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import struct
 import time
@@ -11,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 
 from .. import protocol
 
-__all__ = ["frame_header", "frame", "RawConnection", "http_request", "post_json"]
+__all__ = ["frame_header", "frame", "RawConnection", "http_request", "post_json", "established"]
 
 
 def frame_header(length: int) -> bytes:
@@ -135,3 +136,35 @@ def post_json(address: str, body, headers=None, timeout: float = 20.0):
         body = json.dumps(body)
     status, _, data = http_request(address, "POST", "/", body, headers, timeout)
     return status, (json.loads(data) if data else None)
+
+
+def established(port: int, this_process: bool = True) -> int:
+    """ESTABLISHED TCP connections whose remote end is ``port``, as the kernel sees them
+    (``/proc/net/tcp*``): this process's only, or the whole host's."""
+    mine = _own_socket_inodes() if this_process else None
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if (fields[3] == "01" and int(fields[2].rpartition(":")[2], 16) == port
+                    and (mine is None or fields[9] in mine)):
+                count += 1
+    return count
+
+
+def _own_socket_inodes() -> set:
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:   # closed since listdir
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
