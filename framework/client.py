@@ -199,7 +199,7 @@ class Client:
         """The call with its deadline, metadata, span, interceptors and metrics."""
         started = time.monotonic()
         deadline = started + timeout
-        md = calls.check_metadata(dict(metadata)) if metadata else {}
+        md = dict(metadata) if metadata else {}   # checked once, as sent (_send)
         tracer = self.tracing.tracer(started) if self.tracing.enabled else None
         if parent is not None:   # a handler's call: no later than the handler's own deadline
             parent_deadline, context = calls.inherited(parent)
