@@ -48,18 +48,36 @@ class Pool:
 
     def get(self, address: str, timeout: float, ways: Any = 1) -> Connection:
         """The connection to ``address``; ``ways``: the node's ``workers`` (processes sharing its
-        port, :mod:`framework.prefork`) - so many connections are kept, and calls take turns, or
-        every call would go to the one worker that accepted the connection."""
-        key = address
+        port, :mod:`framework.prefork`) - so many connections are kept, or every call would go to
+        the one worker that accepted the connection."""
         if ways != 1 and type(ways) is int and ways > 1:
-            # the kernel gives each new connection to whichever worker accepts first, so two
-            # per worker: with N workers, 2N connections reach most of them
-            turn = next(self._turn) % min(2 * ways, 64)
-            if turn:   # the first is keyed by the address alone: stalled() looks at it
-                key = f"{address}#{turn}"
-        conn = self._conns.get(key)
+            return self._least_busy(address, timeout, min(2 * ways, 64))
+        conn = self._conns.get(address)
         if conn is not None and conn.alive and conn.accepting:
             return conn
+        return self._open(address, address, timeout)
+
+    def _least_busy(self, address: str, timeout: float, count: int) -> Connection:
+        # The kernel gives each new connection to whichever worker accepts first, so two per
+        # worker reach most of them, but rarely evenly (3 and 1, say). Calls go to the connection
+        # with the fewest calls in flight: a worker holding more connections answers each of them
+        # more slowly, so the least busy connection steers calls to the less loaded worker. Ties
+        # (an idle node) take turns.
+        best: Optional[Connection] = None
+        first = next(self._turn)
+        for i in range(count):
+            turn = (first + i) % count
+            key = f"{address}#{turn}" if turn else address   # stalled() looks at the first
+            conn = self._conns.get(key)
+            if conn is None or not conn.alive or not conn.accepting:
+                return self._open(key, address, timeout)
+            if not conn.in_flight:
+                return conn
+            if best is None or conn.in_flight < best.in_flight:
+                best = conn
+        return best
+
+    def _open(self, key: str, address: str, timeout: float) -> Connection:
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one connect per node at a time; the others reuse its result

@@ -91,12 +91,13 @@ def test_a_new_node_ramps_up_over_the_warmup(serve_node, make_client):
         new = serve_node("tests.chain_back")
         first = wait_until(lambda: next((r.at for r in load.ok if r.value == new.pid), None),
                            message="the new node's first call")
-        wait_until(lambda: load.ok[-1].at > first + 4.0, timeout=15, message="the warmup to end")
+        wait_until(lambda: load.ok[-1].at > first + 5.0, timeout=15, message="the warmup to end")
     windows = []
-    for start in (0.0, 1.0, 2.0, 3.5):
-        picked = [r.value for r in load.ok if first + start <= r.at < first + start + 0.5]
+    # the last window is longer: on a loaded machine P2C's share for a warm node swings more
+    for start, length in ((0.0, 0.5), (1.0, 0.5), (2.0, 0.5), (3.5, 1.5)):
+        picked = [r.value for r in load.ok if first + start <= r.at < first + start + length]
         windows.append(picked.count(new.pid) / len(picked))
-    print("\nnew node's share over the warmup (0-0.5 s, 1-1.5 s, 2-2.5 s, 3.5-4 s): "
+    print("\nnew node's share over the warmup (0-0.5 s, 1-1.5 s, 2-2.5 s, 3.5-5 s): "
           + ", ".join(f"{w:.1%}" for w in windows))
     assert load.errors == [] and {r.value for r in load.ok} == {n.pid for n in old} | {new.pid}
     assert windows[0] < 0.2 and windows[0] < windows[1] < windows[2] * 1.2
