@@ -17,7 +17,9 @@ different times. After the warm-up, steady state is measured over ``--seconds``:
 * kernel: sockets connected to etcd's port at the end, and TCP PassiveOpens from /proc/net/snmp -
   connections accepted on the whole host, so other programs running meanwhile add to it.
 
-Not part of the tests; it prints a table (and with ``--json`` the raw figures).
+Not part of the tests; it prints a table (and with ``--json`` the raw figures); :func:`measure`
+returns the rows (``make bench`` runs plain-reuse, :mod:`bench.scale`). :class:`Children` drives
+child processes over their stdin and stdout, here and in :mod:`bench.fanout`.
 """
 import sys
 
@@ -30,11 +32,13 @@ if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import queue  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
-from typing import Any, Dict, List, Optional  # noqa: E402
+from typing import Any, Dict, Iterator, List, Optional, Sequence  # noqa: E402
 
 from framework.devetcd import EtcdProcess, make_certs  # noqa: E402
 from framework.etcd import Etcd, EtcdConfig  # noqa: E402
@@ -92,9 +96,7 @@ def worker(argv: List[str]) -> int:
     while not all(r.registered for r in regs) and time.monotonic() < deadline:
         gevent.sleep(0.05)
     print("ready", sum(r.registered for r in regs), flush=True)
-    while True:
-        # stdin in a real thread: a blocking read would stop every greenlet
-        line = gevent.get_hub().threadpool.spawn(sys.stdin.readline).get().strip()
+    for line in commands():
         if line == "snap":
             print(json.dumps({"requests": sum(c.requests for c in clients),
                               "opened": sum(c.connections_opened for c in clients),
@@ -137,70 +139,120 @@ def _passive_opens() -> int:
     return int(rows[1][rows[0].index("PassiveOpens")])
 
 
-class Workers:
-    """The worker processes of one scenario, driven over their stdin and stdout."""
+def commands() -> Iterator[str]:
+    """A child's orders: the lines of its stdin, until EOF. Read in a real thread: a blocking read
+    in a gevent process would stop every greenlet."""
+    import gevent
+    while True:
+        line = gevent.get_hub().threadpool.spawn(sys.stdin.readline).get()
+        if not line:
+            return
+        yield line.strip()
 
-    def __init__(self, etcd: EtcdProcess, nodes: int, procs: int, ttl: int, reuse: bool):
+
+class Children:
+    """Child processes driven over their stdin and stdout (used here and by :mod:`bench.fanout`):
+    each prints one line when it is ready (``ready`` holds them, in order), then answers each line
+    it is sent with one line of JSON (read by :meth:`ask`)."""
+
+    def __init__(self, commands: List[List[str]], timeout: float = 120.0):
+        self.timeout = timeout
         self.procs: List[subprocess.Popen] = []
-        per = nodes // procs
-        for index in range(procs):
-            cmd = [sys.executable, "-m", "bench.etcd_load", "worker", "--endpoint", etcd.endpoint,
-                   "--nodes", str(per), "--ttl", str(ttl), "--index", str(index)]
-            if not reuse:
-                cmd.append("--no-reuse")
-            if etcd.tls is not None:
-                cmd += ["--ca", etcd.tls.ca, "--cert", etcd.tls.client_cert,
-                        "--key", etcd.tls.client_key]
-            self.procs.append(subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                env=dict(os.environ, PYTHONPATH=ROOT), start_new_session=True))
-        self.registered = sum(int(self._line(p).split()[1]) for p in self.procs)
+        self._lines: List[queue.Queue] = []
+        try:
+            for cmd in commands:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                                        start_new_session=True)
+                self.procs.append(proc)
+                lines: queue.Queue = queue.Queue()
+                threading.Thread(target=self._read, args=(proc, lines), daemon=True).start()
+                self._lines.append(lines)
+            self.ready = [self._line(i) for i in range(len(self.procs))]
+        except BaseException:
+            self.stop(kill=True)
+            raise
 
     @staticmethod
-    def _line(proc: subprocess.Popen) -> str:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {proc.pid} exited with {proc.wait()}")
+    def _read(proc: subprocess.Popen, lines: queue.Queue) -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    def _line(self, i: int) -> str:
+        try:
+            line = self._lines[i].get(timeout=self.timeout)
+        except queue.Empty:
+            raise RuntimeError(f"child {self.procs[i].pid} did not answer within "
+                               f"{self.timeout}s") from None
+        if line is None:
+            raise RuntimeError(f"child {self.procs[i].pid} exited with {self.procs[i].wait()}")
         return line
 
-    def snap(self) -> Dict[str, Any]:
-        for p in self.procs:
-            p.stdin.write("snap\n")
-            p.stdin.flush()
-        total: Dict[str, Any] = {}
-        for p in self.procs:
-            for k, v in json.loads(self._line(p)).items():
-                total[k] = total[k] + v if k in total else v   # numbers add, lists join
-        return total
+    def pids(self) -> List[int]:
+        return [p.pid for p in self.procs]
 
-    def stop(self) -> None:
+    def ask(self, line: str) -> List[dict]:
+        """Send ``line`` to every child; their JSON answers, in order."""
+        for p in self.procs:
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+        return [json.loads(self._line(i)) for i in range(len(self.procs))]
+
+    def stop(self, kill: bool = False) -> None:
+        """Ask every child to stop (EOF on its stdin); kill any still there after 60 s."""
         for p in self.procs:
             try:
-                p.stdin.write("stop\n")
+                if not kill:
+                    p.stdin.write("stop\n")
                 p.stdin.close()
             except OSError:
                 pass
         for p in self.procs:
             try:
-                p.wait(60)
+                p.wait(5 if kill else 60)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
 
 
+def _workers(etcd: EtcdProcess, nodes: int, procs: int, ttl: int, reuse: bool) -> Children:
+    """The worker processes of one scenario; ``ready`` lines say how many nodes registered."""
+    cmds = []
+    for index in range(procs):
+        cmd = [sys.executable, "-m", "bench.etcd_load", "worker", "--endpoint", etcd.endpoint,
+               "--nodes", str(nodes // procs), "--ttl", str(ttl), "--index", str(index)]
+        if not reuse:
+            cmd.append("--no-reuse")
+        if etcd.tls is not None:
+            cmd += ["--ca", etcd.tls.ca, "--cert", etcd.tls.client_cert, "--key", etcd.tls.client_key]
+        cmds.append(cmd)
+    return Children(cmds)
+
+
+def _snap(workers: Children) -> Dict[str, Any]:
+    """Every worker's counters, added up (numbers add, lists join)."""
+    total: Dict[str, Any] = {}
+    for reply in workers.ask("snap"):
+        for k, v in reply.items():
+            total[k] = total[k] + v if k in total else v
+    return total
+
+
 def run_scenario(name: str, args, certs) -> dict:
     tls, reuse = SCENARIOS[name]
     etcd = EtcdProcess(tls=certs if tls else None).start()
-    workers: Optional[Workers] = None
+    workers: Optional[Children] = None
     try:
-        workers = Workers(etcd, args.nodes, args.procs, args.ttl, reuse)
+        workers = _workers(etcd, args.nodes, args.procs, args.ttl, reuse)
+        registered = sum(int(line.split()[1]) for line in workers.ready)
         time.sleep(args.warmup)   # a benchmark's warm-up: let start-up traffic pass
-        c0, e0, k0, t0 = workers.snap(), _etcd_side(etcd), _passive_opens(), time.monotonic()
+        c0, e0, k0, t0 = _snap(workers), _etcd_side(etcd), _passive_opens(), time.monotonic()
         time.sleep(args.seconds)
-        c1, e1, k1, t1 = workers.snap(), _etcd_side(etcd), _passive_opens(), time.monotonic()
+        c1, e1, k1, t1 = _snap(workers), _etcd_side(etcd), _passive_opens(), time.monotonic()
         dt = t1 - t0
         window = sorted(c1["latencies"])   # the calls answered since the first snapshot
-        return {"scenario": name, "nodes": workers.registered, "seconds": round(dt, 2),
+        return {"scenario": name, "nodes": registered, "seconds": round(dt, 2),
                 "client_requests_per_s": (c1["requests"] - c0["requests"]) / dt,
                 "etcd_grpc_calls_per_s": (e1["grpc_started"] - e0["grpc_started"]) / dt,
                 "new_connections_per_s": (c1["opened"] - c0["opened"]) / dt,
@@ -237,6 +289,23 @@ def table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def measure(nodes: int = 1000, procs: int = 4, ttl: int = 10, seconds: float = 20.0,
+            warmup: Optional[float] = None, scenarios: Sequence[str] = tuple(SCENARIOS)
+            ) -> List[dict]:
+    """One row per scenario (the columns of :data:`COLUMNS`); each on a fresh etcd. ``warmup``
+    defaults to TTL + 1 s: every node's loop did a full round before the measurement."""
+    args = argparse.Namespace(nodes=nodes, procs=procs, ttl=ttl, seconds=seconds,
+                              warmup=ttl + 1.0 if warmup is None else warmup)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="etcd-load-") as tmp:
+        certs = make_certs(os.path.join(tmp, "pki")) if any(
+            SCENARIOS[name][0] for name in scenarios) else None
+        for name in scenarios:
+            rows.append(run_scenario(name, args, certs))
+            print(f"{name}: done", file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
@@ -251,14 +320,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
     args = p.parse_args(argv)
-    if args.warmup is None:
-        args.warmup = args.ttl + 1.0
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="etcd-load-") as tmp:
-        certs = make_certs(os.path.join(tmp, "pki"))
-        for name in args.scenarios.split(","):
-            rows.append(run_scenario(name, args, certs))
-            print(f"{name}: done", file=sys.stderr, flush=True)
+    rows = measure(args.nodes, args.procs, args.ttl, args.seconds, args.warmup,
+                   args.scenarios.split(","))
     print(f"{args.nodes} nodes in {args.procs} gevent processes, TTL {args.ttl}s, "
           f"steady state over {args.seconds:.0f}s")
     print(table(rows))

@@ -2,8 +2,12 @@
 in 3 interleaved rounds (each round runs every system once, in a rotated order, so drift hits all
 alike); report medians as a table on stdout, ``bench/results.json`` and ``bench/results.png``.
 
+Then the scale section (:mod:`bench.scale`: etcd load per 1,000 nodes, fan-out to 1,000 caches,
+workers, and the gateway and asyncio rows when their benches exist), each part on its own etcd.
+
 Environment: ``BENCH_ROUNDS`` (3), ``BENCH_SECONDS`` (2.0 per measurement), ``BENCH_SYSTEMS``
-(comma list, default all), ``BENCH_SKIP`` (comma list of parts to skip: registry, balancer).
+(comma list, default all), ``BENCH_SKIP`` (comma list of parts to skip: registry, balancer, scale,
+or one part of the scale section: etcd_load, fanout, workers, gateway, aio).
 """
 from __future__ import annotations
 
@@ -95,6 +99,57 @@ def median_of(rounds: List[dict]) -> List[dict]:
     return out
 
 
+def _servers(group: ProcessGroup, systems: List[str], skip: set):
+    """etcd, the framework node, the baseline and peer servers, the balancer cases' nodes:
+    ``(etcd, node, targets, pids, balancer_cases)``."""
+    etcd = group.add(EtcdProcess().start())
+    node = group.add(NodeProcess("demo_hello.service", etcd.endpoint, ttl=10, cwd=ROOT,
+                                 extra_args=()).start())
+    targets = {"framework": etcd.endpoint}
+    pids = {"framework": node.pid}
+    if "baseline" in systems:
+        served = group.add(Served([PY, "-m", "bench.baseline", "serve"]))
+        targets["baseline"], pids["baseline"] = served.port, served.proc.pid
+    for peer in ("pyro5", "grpc", "zerorpc"):
+        if peer in systems:
+            served = group.add(Served([PY, "-m", "bench.peers", peer]))
+            targets[peer], pids[peer] = served.port, served.proc.pid
+    balancer_cases = []
+    if "balancer" not in skip:
+        for case, delays in (("equal", (0, 0)), ("one slow (5 ms)", (0, 5))):
+            prefix = "/bench-eq/" if case == "equal" else "/bench-slow/"
+            for delay in delays:
+                group.add(NodeProcess("bench.slow_service", etcd.endpoint, ttl=10, cwd=ROOT,
+                                      prefix=prefix, env={"BENCH_DELAY_MS": str(delay)}).start())
+            balancer_cases.append((case, prefix))
+    return etcd, node, targets, pids, balancer_cases
+
+
+def _rounds(systems, targets, pids, balancer_cases, endpoint, rounds, seconds, started):
+    """The interleaved rounds: ``(raw, braw)``, every measurement of every system and case."""
+    raw: Dict[str, List[dict]] = {s: [] for s in systems}
+    braw: Dict[str, List[dict]] = {}
+    for r in range(rounds):
+        order = systems[r % len(systems):] + systems[:r % len(systems)]
+        for system in order:
+            raw[system].append(run_load(system, targets[system], seconds,
+                                        **{"server-pid": pids[system]}))
+        for case, prefix in balancer_cases:
+            for policy in ("rr", "p2c"):
+                braw.setdefault(f"{case}|{policy}", []).append(run_load(
+                    "framework", endpoint, seconds, prefix=prefix, balancer=policy))
+        print(f"round {r + 1}/{rounds} done ({time.monotonic() - started:.0f} s)", flush=True)
+    return raw, braw
+
+
+def _registry(endpoint: str) -> dict:
+    done = subprocess.run([PY, "-m", "bench.registry", endpoint], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    if done.returncode != 0:
+        raise RuntimeError(f"registry bench failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
     seconds = float(os.environ.get("BENCH_SECONDS", "2.0"))
@@ -112,52 +167,18 @@ def main() -> int:
 
     group = ProcessGroup()
     try:
-        etcd = group.add(EtcdProcess().start())
-        node = group.add(NodeProcess("demo_hello.service", etcd.endpoint, ttl=10, cwd=ROOT,
-                                     extra_args=()).start())
-        targets = {"framework": etcd.endpoint}
-        pids = {"framework": node.pid}
-        if "baseline" in systems:
-            served = group.add(Served([PY, "-m", "bench.baseline", "serve"]))
-            targets["baseline"], pids["baseline"] = served.port, served.proc.pid
-        for peer in ("pyro5", "grpc", "zerorpc"):
-            if peer in systems:
-                served = group.add(Served([PY, "-m", "bench.peers", peer]))
-                targets[peer], pids[peer] = served.port, served.proc.pid
-        balancer_cases = []
-        if "balancer" not in skip:
-            for case, delays in (("equal", (0, 0)), ("one slow (5 ms)", (0, 5))):
-                prefix = "/bench-eq/" if case == "equal" else "/bench-slow/"
-                for delay in delays:
-                    group.add(NodeProcess("bench.slow_service", etcd.endpoint, ttl=10, cwd=ROOT,
-                                          prefix=prefix, env={"BENCH_DELAY_MS": str(delay)}).start())
-                balancer_cases.append((case, prefix))
+        etcd, node, targets, pids, balancer_cases = _servers(group, systems, skip)
         print(f"etcd {etcd.endpoint}, node {node.address}; {rounds} rounds x {seconds:.1f} s per "
               f"measurement", flush=True)
-
-        raw: Dict[str, List[dict]] = {s: [] for s in systems}
-        braw: Dict[str, List[dict]] = {}
-        for r in range(rounds):
-            order = systems[r % len(systems):] + systems[:r % len(systems)]
-            for system in order:
-                raw[system].append(run_load(system, targets[system], seconds,
-                                            **{"server-pid": pids[system]}))
-            for case, prefix in balancer_cases:
-                for policy in ("rr", "p2c"):
-                    braw.setdefault(f"{case}|{policy}", []).append(run_load(
-                        "framework", etcd.endpoint, seconds, prefix=prefix, balancer=policy))
-            print(f"round {r + 1}/{rounds} done ({time.monotonic() - started:.0f} s)", flush=True)
-
-        registry = None
-        if "registry" not in skip:
-            done = subprocess.run([PY, "-m", "bench.registry", etcd.endpoint], capture_output=True,
-                                  text=True, cwd=ROOT, timeout=300,
-                                  env=dict(os.environ, PYTHONPATH=ROOT))
-            if done.returncode != 0:
-                raise RuntimeError(f"registry bench failed: {done.stderr[-3000:]}")
-            registry = json.loads(done.stdout.strip().splitlines()[-1])
+        raw, braw = _rounds(systems, targets, pids, balancer_cases, etcd.endpoint, rounds,
+                            seconds, started)
+        registry = None if "registry" in skip else _registry(etcd.endpoint)
     finally:
         group.close()
+    scale = None
+    if "scale" not in skip:   # after the rounds' servers are gone: each part starts its own
+        from bench import scale as scale_bench
+        scale = scale_bench.measure(skip)
 
     results = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -168,9 +189,16 @@ def main() -> int:
         "skipped": skipped,
         "balancer": {k: median_of(v) for k, v in braw.items()},
         "registry": registry,
+        "scale": scale,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     results["ratios"] = ratios(results["systems"])
+    _write(results)
+    return 0
+
+
+def _write(results: dict) -> None:
+    """The report on stdout, bench/results.json and, with matplotlib, bench/results.png."""
     from bench import report
     print(report.table(results), flush=True)
     with open(os.path.join(HERE, "results.json"), "w") as f:
@@ -184,7 +212,6 @@ def main() -> int:
                               env=dict(os.environ, PYTHONPATH=ROOT))
         if done.returncode != 0:
             print("chart failed")
-    return 0
 
 
 def ratios(systems: Dict[str, List[dict]]) -> Dict[str, float]:

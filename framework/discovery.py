@@ -125,7 +125,7 @@ class _Watched:
         d = self.discovery
         nodes = {}
         for kv in kvs:
-            node = record.parse(kv.key, kv.value)
+            node = d.records.parse(kv.key, kv.value)
             if node is not None:
                 nodes[kv.key] = node
         now = time.monotonic()
@@ -156,7 +156,7 @@ class _Watched:
             if ev.type == "DELETE":
                 nodes.pop(ev.kv.key, None)
             else:
-                node = record.parse(ev.kv.key, ev.kv.value)
+                node = self.discovery.records.parse(ev.kv.key, ev.kv.value)
                 if node is not None:
                     nodes[ev.kv.key] = node
                 else:
@@ -226,6 +226,8 @@ class Discovery:
         self.replace_grace = replace_grace
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.idle_resync = idle_resync
+        #: reads the cached records: only what callers use, tables shared between nodes
+        self.records = record.Records()
         self.closed = False
         self._watched: Dict[str, _Watched] = {}
         self._lock = threading.Lock()
