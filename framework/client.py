@@ -197,6 +197,21 @@ class Client:
     def _logical(self, service: str, name: str, method: str, params: Any, timeout: float,
                  metadata: Optional[Dict[str, str]], parent: Optional[calls.Call]) -> Any:
         """The call with its deadline, metadata, span, interceptors and metrics."""
+        call, started = self._begin(service, name, params, timeout, metadata, parent)
+        error: Optional[BaseException] = None
+        try:
+            return self._proceed(call)
+        except BaseException as exc:   # an interceptor's own exception too
+            error = exc
+            raise
+        finally:
+            self._finish(service, name, call, started, error)
+
+    def _begin(self, service: str, name: str, params: Any, timeout: float,
+               metadata: Optional[Dict[str, str]],
+               parent: Optional[calls.Call]) -> Tuple[calls.Call, float]:
+        """A logical call's :class:`~framework.calls.Call` (its deadline, metadata, span and lane)
+        and when it started; :meth:`_finish` ends it (also :mod:`framework.aio`'s)."""
         started = time.monotonic()
         deadline = started + timeout
         md = dict(metadata) if metadata else {}   # checked once, as sent (_send)
@@ -212,31 +227,34 @@ class Client:
             call.span = self.tracing.client_span(tracer, service, name, md)
         if self.lane is not None:
             md["baggage"] = calls.baggage_set(md.get("baggage"), "lane", self.lane)
-        error: Optional[BaseException] = None
-        try:
-            return self._proceed(call)
-        except BaseException as exc:   # an interceptor's own exception too
-            error = exc
-            raise
-        finally:
-            if call.span is not None:
-                tracing_module.end(call.span, error)
-            if self.metrics is not None:
-                self.metrics.observe(service, name, outcome_of(error), time.monotonic() - started)
+        return call, started
+
+    def _finish(self, service: str, name: str, call: calls.Call, started: float,
+                error: Optional[BaseException]) -> None:
+        """A logical call ended, with ``error`` (None: it succeeded): its span and metrics."""
+        if call.span is not None:
+            tracing_module.end(call.span, error)
+        if self.metrics is not None:
+            self.metrics.observe(service, name, outcome_of(error), time.monotonic() - started)
 
     def _send(self, call: calls.Call) -> Any:
         """The innermost ``proceed``: the attempts of ``call`` as the interceptors left it."""
-        md = call.metadata
+        meta, lane = self._wire_meta(call.metadata)
+        now = time.monotonic()
+        return self._attempts(call.service, call.method, f"{call.service}.{call.method}",
+                              call.params, call.deadline, call.deadline - now, meta, lane,
+                              call.span, now)
+
+    def _wire_meta(self, md: Dict[str, str]) -> Tuple[Optional[dict], Optional[str]]:
+        """The request's ``meta`` for a call with metadata ``md`` (checked here, once, as it is
+        sent), and the lane its baggage names."""
         meta = self._meta
         lane = None
         if md:
             calls.check_metadata(md)
             meta = {**(meta or {}), "metadata": md}
             lane = calls.baggage_get(md.get("baggage"), "lane")
-        now = time.monotonic()
-        return self._attempts(call.service, call.method, f"{call.service}.{call.method}",
-                              call.params, call.deadline, call.deadline - now, meta, lane,
-                              call.span, now)
+        return meta, lane
 
     def _attempts(self, service: str, name: str, method: str, params: Any, deadline: float,
                   timeout: float, meta: Optional[dict], lane: Optional[str], span: Any,
@@ -301,9 +319,20 @@ class Client:
 
     def _before_retry(self, tried: Optional[set], address: str, candidates: int, pause: float,
                       deadline: float, last_error: Optional[RpcError]) -> Tuple[set, float]:
-        """``address`` failed this call with ``last_error``, which allows a retry: take it from the
-        retry budget (or raise), and once every node has failed, sleep ``pause`` (so a dead
-        registry entry can expire) and start over. Returns the nodes tried and the next pause.
+        """``address`` failed this call with ``last_error``, which allows a retry (see
+        :meth:`_retry`); once every node has failed, sleep ``pause`` (so a dead registry entry
+        can expire) and start over. Returns the nodes tried and the next pause."""
+        tried, wait = self._retry(tried, address, candidates, pause, deadline, last_error)
+        if wait is None:
+            return tried, pause
+        time.sleep(wait)
+        return tried, min(pause * 2, 0.2)
+
+    def _retry(self, tried: Optional[set], address: str, candidates: int, pause: float,
+               deadline: float, last_error: Optional[RpcError]) -> Tuple[set, Optional[float]]:
+        """Take a retry from the retry budget (or raise) and note ``address`` as tried. Returns
+        the nodes tried and how long to pause first: None while some node is untried, else
+        ``pause`` (bounded by the deadline) with ``tried`` emptied for the next round.
         A call that never left this process (NotSent: no node saw it) is re-sent free, as gRPC's
         transparent retries are: it adds no load anywhere."""
         if not isinstance(last_error, NotSent) and not self.budget.withdraw(time.monotonic()):
@@ -313,10 +342,9 @@ class Client:
         tried = set() if tried is None else tried
         tried.add(address)
         if len(tried) < candidates:
-            return tried, pause
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            return tried, None
         tried.clear()
-        return tried, min(pause * 2, 0.2)
+        return tried, min(pause, max(0.0, deadline - time.monotonic()))
 
     def _new_balancer(self, service: str) -> Any:
         return self._balancers.setdefault(service, self.balancer())

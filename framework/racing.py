@@ -5,6 +5,8 @@ answer by the method's hedge time, :mod:`framework.hedging`). A backup away from
 paid for from the retry budget; one away from a node already known to be failing replaces a lost
 call and is free. The loser is cancelled (its frame is dropped if still queued), and a primary that
 lost the race counts as a failure for its health and is pinged, so a frozen node is found fast.
+Those decisions (:func:`backup_node`, :func:`settle`, :func:`drop_losers`) are shared with the
+asyncio client's race (:mod:`framework.aio.racing`).
 """
 from __future__ import annotations
 
@@ -25,13 +27,9 @@ def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, params
     and take the first answer. Returns ``(True, result)`` when ``node`` answered first,
     ``(False, result)`` when the backup did, ``(None, error)`` when both failed in a way that
     allows a retry; raises what the caller should see otherwise."""
-    others = [n for n in route.candidates if n is not node]
-    # as for a first attempt: when no other node is usable, a guess beats waiting it out
-    other = balancer.pick(others, client.usable) or balancer.pick(others)
+    other = backup_node(client, node, route, balancer)
     now = time.monotonic()
-    # a hedge away from a node already known to be failing (ejected, or silent to a ping)
-    # replaces a lost call, it adds no load: only a hedge away from a healthy node is paid for
-    if other is None or (client.usable(node) and not client.budget.withdraw(now, hedge=True)):
+    if other is None:
         try:   # no backup: wait on for the first node
             return True, due.conn.resume(due, deadline)
         except RpcError as exc:
@@ -54,27 +52,60 @@ def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, params
             attempt = attempts.pop(tag, None)
             if attempt is None:
                 continue   # a second copy of an answer
-            anode, conn, _, load = attempt
-            now = time.monotonic()
-            if load is not None:
-                balancer.end(load, now - started, type(value) is dict, now)
-            if type(value) is dict and "error" not in value:
-                client.health.record(anode.address, True, False, now)
-                if tag:   # (the caller records a primary's answer)
-                    route.tail.add(now - started, now)
-                    client.budget.calls += 1
-                    _primary_lost(client, node, due.conn, now)
-                return tag == 0, value.get("result")
-            exc = value if isinstance(value, RpcError) else from_error_object(value["error"])
-            if client.health.judge(anode.address, exc, conn, True, now) is not RETRY:
-                raise exc
-            error = exc
+            won, value = settle(client, tag, value, attempt, node, due.conn, route, balancer,
+                                started)
+            if won:
+                return tag == 0, value
+            error = value
         return None, error
     finally:
-        for _, conn, rid, load in attempts.values():   # the losers
-            conn.cancel(rid)
-            if load is not None:
-                balancer.end(load, time.monotonic() - started, True)
+        drop_losers(attempts, balancer, started)
+
+
+def backup_node(client: Any, node: Node, route: Any, balancer: Any) -> Optional[Node]:
+    """Where the backup of a call slow on ``node`` goes; None when there is no other node, or
+    the retry budget refuses the hedge."""
+    others = [n for n in route.candidates if n is not node]
+    # as for a first attempt: when no other node is usable, a guess beats waiting it out
+    other = balancer.pick(others, client.usable) or balancer.pick(others)
+    # a hedge away from a node already known to be failing (ejected, or silent to a ping)
+    # replaces a lost call, it adds no load: only a hedge away from a healthy node is paid for
+    if other is None or (client.usable(node) and
+                         not client.budget.withdraw(time.monotonic(), hedge=True)):
+        return None
+    return other
+
+
+def settle(client: Any, tag: int, value: Any, attempt: tuple, node: Node, primary: Any,
+           route: Any, balancer: Any, started: float) -> Tuple[bool, Any]:
+    """One answer of a race: ``value`` (a response object or an error) of the attempt tagged
+    ``tag`` (0: the primary on ``node`` over ``primary``, 1: the backup). Returns ``(True,
+    result)`` when it won, ``(False, error)`` when it failed in a way that allows a retry;
+    raises otherwise."""
+    anode, conn, _, load = attempt
+    now = time.monotonic()
+    if load is not None:
+        balancer.end(load, now - started, type(value) is dict, now)
+    if type(value) is dict and "error" not in value:
+        client.health.record(anode.address, True, False, now)
+        if tag:   # (the caller records a primary's answer)
+            route.tail.add(now - started, now)
+            client.budget.calls += 1
+            _primary_lost(client, node, primary, now)
+        return True, value.get("result")
+    exc = value if isinstance(value, RpcError) else from_error_object(value["error"])
+    if client.health.judge(anode.address, exc, conn, True, now) is not RETRY:
+        raise exc
+    return False, exc
+
+
+def drop_losers(attempts: dict, balancer: Any, started: float) -> None:
+    """The race is over: forget the attempts still in ``attempts`` (their answers are dropped)."""
+    for _, conn, rid, load in attempts.values():
+        conn.cancel(rid)
+        if load is not None:
+            balancer.end(load, time.monotonic() - started, True)
+
 
 def _backup(client: Any, answers: Answers, other: Node, method: str, params: Any,
             deadline: float, balancer: Any, meta: Optional[dict],
