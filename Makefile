@@ -8,7 +8,10 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# the console's test drives Debian's Chromium (tests/test_console.py); `make bench` uses wrk
 $(STAMP): setup.cfg setup.py
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver wrk; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

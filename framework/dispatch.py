@@ -4,7 +4,8 @@ The method table is built once per server from the services' :class:`~framework.
 a request's ``method`` string is only ever used as a key into that table. Each call runs as the
 current :class:`~framework.calls.Call` (``framework.current_call()``), inside the node's
 interceptors and, when OpenTelemetry is configured, inside a SERVER span
-(:mod:`framework.tracing`).
+(:mod:`framework.tracing`). The table also holds ``rpc.discover``: the node's OpenRPC document
+(:mod:`framework.schema`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import math
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from . import calls, protocol
+from . import calls, protocol, schema
 from .errors import DeadlineExceeded, InvalidParams, MethodNotFound, RpcError, Unauthorized
 from .service import MethodSpec, spec_of
 from .tracing import Tracing
@@ -50,13 +51,29 @@ class Dispatcher:
         self.started = started
         self.interceptors = list(interceptors)
         self.tracing = tracing or Tracing()
+        classes = []
         for instance in instances:
             spec = spec_of(type(instance))
+            if spec.name == "rpc":
+                raise ValueError("the service name 'rpc' is reserved: JSON-RPC keeps the 'rpc.' "
+                                 f"methods ({schema.DISCOVER}) for itself")
+            classes.append(type(instance))
             for name, mspec in spec.methods.items():
                 bound = mspec.function.__get__(instance, type(instance))
                 proceed = calls.chain(self.interceptors, _handler(bound))
                 self.table[f"{spec.name}.{name}"] = (mspec, bound, spec.name,
                                                      _arity(mspec.signature), proceed)
+        self._add_discover(classes)
+
+    def _add_discover(self, classes: list) -> None:
+        """``rpc.discover``, a method of no service: the OpenRPC document of the node's services
+        (:mod:`framework.schema`), made on its first call. It runs as any call does (token,
+        interceptors, metrics as service ``rpc``)."""
+        discover = schema.Discover(classes)
+        signature = inspect.signature(discover)
+        self.table[schema.DISCOVER] = (MethodSpec("discover", discover, signature, True), discover,
+                                       "rpc", _arity(signature),
+                                       calls.chain(self.interceptors, _handler(discover)))
 
     def handle(self, obj: Any, received: Optional[float] = None,
                peer: Any = None) -> Optional[dict]:

@@ -12,12 +12,17 @@ and what a failure looks like over HTTP:
   of them - even one that began before the gateway started - its callers get 503, not 404;
 * a known service with no live node, or nodes that all failed -> -32010 ServiceUnavailable (503);
 * the deadline passed -> -32002 (504); a node lost mid-call -> -32603 (502);
-* a handler's exception -> -32000 with ``data = {"type", "message"}`` (200: the call was answered).
+* a handler's exception -> -32000 with ``data = {"type", "message"}`` (200: the call was answered);
+* ``rpc.discover`` -> the OpenRPC document of every live service, each part asked of one of its
+  nodes and kept until its nodes change (:class:`framework.schema.Catalog`); the same document is
+  ``GET /openrpc.json``.
 
 The per-call deadline is ``timeout`` seconds, or the request's ``meta.timeout_ms`` capped at
 ``max_timeout``. The routes are :mod:`framework.web`'s: ``GET /healthz`` is 200 while serving and 503
 once :meth:`Gateway.stop` began, ``GET /metrics`` is Prometheus text (with every HTTP answer counted
-by status), and an ``Authorization`` header is not read: calls carry the gateway's own token.
+by status), and ``GET /ui`` is the operator console (:mod:`framework.console`). Calls carry the
+gateway's own token; an ``Authorization`` header is only read from browsers (requests with an
+``Origin``), which must send that token once the gateway has one (:func:`console.token_guard`).
 
 Calls carry as metadata the W3C trace headers (``traceparent``, ``tracestate``, ``baggage``: the
 gateway continues the HTTP caller's trace, and ``baggage: lane=canary`` puts the call in a swim
@@ -36,30 +41,25 @@ from typing import Optional, Sequence, Union
 import gevent
 import gevent.event
 import gevent.pool
-from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
-from . import __version__, protocol
+from . import __version__, console, protocol
 from .client import Client
 from .discovery import DEFAULT_PREFIX
 from .errors import EtcdError, InternalError, MethodNotFound, RpcError, ServiceUnavailable
 from .jsonrpc_http import JsonRpcHttp, Limits
+from .schema import DISCOVER, Catalog
 from .metrics import UNKNOWN, GatewayMetrics, outcome_of
-from .web import TRACE_HEADERS, HttpSurface, header_metadata
+from .web import TRACE_HEADERS, Handler, HttpSurface, header_metadata
 
 log = logging.getLogger(__name__)
 
 
 
-class _Handler(WSGIHandler):
-    """pywsgi's handler with Nagle off: it writes headers and body separately, and with Nagle on,
-    the client's delayed ACK adds about 40 ms to every keep-alive request."""
+class _Handler(Handler):
+    """The shared handler, with an access line per request when this logger records DEBUG."""
 
-    def handle(self):
-        try:
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
-        super().handle()
+    access_log = logging.getLogger(__name__ + ".access")
 
 
 class Gateway:
@@ -93,15 +93,20 @@ class Gateway:
         #: nothing else (a caller's body cannot set metadata the gateway was not told to pass on)
         self._metadata = header_metadata(TRACE_HEADERS + tuple(forward_headers))
         self.wsgi = HttpSurface(self.rpc, self.metrics, health=self.health,
-                                draining=lambda: self.draining, on_status=self.metrics.answered,
+                                draining=lambda: self.draining, on_status=self._answered,
                                 meta=lambda environ: {"metadata": self._metadata(environ)},
-                                log=log)
+                                log=log, guard=console.token_guard(self.client.token))
+        self._answers: dict = {}   # status -> its HTTP answers counter (labels() costs ~5 us)
         # services seen in the registry, or declared: the only ones called
         self._known: set = set(services)
         self._names_at = 0.0
         self._names_lock = threading.Lock()
         self._server: Optional[WSGIServer] = None
         self._stopped = gevent.event.Event()
+        self.wsgi.pages.update(console.pages(self))   # GET /ui: the operator console
+        #: the OpenRPC document of every live service: rpc.discover and GET /openrpc.json
+        self.catalog = Catalog(self.client, timeout)
+        self.wsgi.pages["/openrpc.json"] = self.catalog.http
 
     # ---- routing a call --------------------------------------------------------------------------
 
@@ -138,6 +143,9 @@ class Gateway:
             except EtcdError as exc:
                 raise ServiceUnavailable(f"registry unreachable: {exc}") from None
             if not exists:
+                if req.method == DISCOVER:   # a method of no service: JSON-RPC keeps "rpc."
+                    labels = ("rpc", "discover")
+                    return protocol.response(req.id, self.catalog.document())
                 raise MethodNotFound(f"Method not found: {req.method} "
                                      f"(no service {service!r} is registered)")
             labels = (service, name)
@@ -156,6 +164,12 @@ class Gateway:
 
     # ---- HTTP ------------------------------------------------------------------------------------
 
+    def _answered(self, status: int) -> None:
+        counter = self._answers.get(status)
+        if counter is None:
+            counter = self._answers[status] = self.metrics.http.labels(str(status))
+        counter.inc()
+
     def health(self) -> dict:
         return {"status": "draining" if self.draining else "serving", "version": __version__,
                 "services": self.client.discovery.stats()}
@@ -169,8 +183,7 @@ class Gateway:
         self._server = WSGIServer(listener or (host, port), self.wsgi,
                                   spawn=gevent.pool.Pool(max_connections),
                                   handler_class=_Handler,
-                                  log=LoggingLogAdapter(logging.getLogger(__name__ + ".access"),
-                                                        logging.DEBUG),
+                                  log=None,   # access lines: _Handler.access_log
                                   error_log=LoggingLogAdapter(log, logging.ERROR))
         self._server.max_accept = self.max_accept
         self._server.start()

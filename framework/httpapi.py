@@ -21,7 +21,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from . import __version__, protocol
 from .errors import GoingAway
 from .jsonrpc_http import JsonRpcHttp, Limits
-from .web import TRACE_HEADERS, HttpSurface, header_metadata
+from .web import TRACE_HEADERS, Handler, HttpSurface, header_metadata
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class NodeHttp:
         self.connections: set = set()   # sockets being served as HTTP
         self.app = HttpSurface(self.rpc, server.metrics, health=self.health,
                                draining=lambda: self.server.draining, meta=bearer_meta, log=log)
-        self._wsgi = WSGIServer(("127.0.0.1", 0), self.app, log=None,
+        self._wsgi = WSGIServer(("127.0.0.1", 0), self.app, log=None, handler_class=Handler,
                                 error_log=LoggingLogAdapter(log, logging.ERROR))
 
     def _spawn(self, fn, *args):

@@ -97,6 +97,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# built once: json.loads/json.dumps given options build a new decoder/encoder on every call
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def decode(body: bytes, max_depth: int) -> Any:
     """Body -> JSON value; raises :class:`ParseError` for bad UTF-8, bad JSON or too deep nesting."""
     try:
@@ -104,12 +109,15 @@ def decode(body: bytes, max_depth: int) -> Any:
     except UnicodeDecodeError as exc:
         raise ParseError(f"Parse error: body is not valid UTF-8 ({exc.reason} at byte {exc.start})")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):   # as json.loads says it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise ParseError(f"Parse error: nesting deeper than {max_depth} levels") from None
     except ValueError as exc:
         raise ParseError(f"Parse error: {exc}") from None
-    if _depth_exceeds(value, max_depth):
+    # a value cannot nest deeper than it has brackets: most bodies need no walk
+    if body.count(b"[") + body.count(b"{") > max_depth and _depth_exceeds(value, max_depth):
         raise ParseError(f"Parse error: nesting deeper than {max_depth} levels")
     return value
 
@@ -139,8 +147,7 @@ def encode(response: dict) -> bytes:
 
 def _encode(response: dict) -> Tuple[dict, bytes]:
     try:
-        return response, json.dumps(response, ensure_ascii=False, allow_nan=False,
-                                    separators=(",", ":")).encode("utf-8")
+        return response, _ENCODER.encode(response).encode("utf-8")
     except (TypeError, ValueError) as exc:
         response = protocol.error_response(response.get("id"), InternalError(
             f"result could not be encoded as JSON: {exc}"))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m framework serve | gateway | call | ls | watch | etcd``.
+"""Command line: ``python -m framework serve | gateway | call | ls | describe | watch | etcd``.
 
 ``serve`` and ``gateway`` monkey-patch the process with gevent first thing, the way gunicorn's gevent
 worker does; the library itself never patches on import. ``call``, ``ls`` and ``watch`` are plain
@@ -11,7 +11,7 @@ unreachable).
 
 This module holds the entry point, the top-level parser and the logging set-up; each subcommand's
 parser and command live together in :mod:`.serving` (serve, gateway, etcd) or :mod:`.querying`
-(call, ls, watch), and what they share in :mod:`.shared`.
+(call, ls, watch) or :mod:`.describing` (describe), and what they share in :mod:`.shared`.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import sys
 import time
 from typing import List, Optional
 
+from .describing import cmd_describe, describe_parser
 from .querying import call_parser, cmd_call, cmd_ls, cmd_watch, ls_parser, watch_parser
 from .serving import (cmd_etcd, cmd_gateway, cmd_serve, etcd_parser, gateway_parser,
                       limit_options, rpc_security_options, serve_parser)
@@ -31,7 +32,7 @@ from .shared import (EXIT_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, FORMATTER, common
 
 __all__ = ["main", "build_parser", "JsonFormatter", "etcd_config", "rpc_security_options",
            "limit_options", "cmd_serve", "cmd_gateway", "cmd_etcd", "cmd_call", "cmd_ls",
-           "cmd_watch", "EXIT_ERROR", "EXIT_USAGE", "EXIT_UNREACHABLE"]
+           "cmd_watch", "cmd_describe", "EXIT_ERROR", "EXIT_USAGE", "EXIT_UNREACHABLE"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m framework serve demo_hello.service --port 4000\n"
         "  python -m framework call HelloService.Hello world\n"
         "  python -m framework ls\n"
+        "  python -m framework describe HelloService\n"
         "  python -m framework gateway --port 8080\n"
         "  curl -d '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"HelloService.Hello\","
         "\"params\":[\"world\"]}' localhost:8080\n\n"
@@ -74,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     common_flags(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # the order here is the order of `--help`
-    for add in (serve_parser, gateway_parser, call_parser, ls_parser, watch_parser, etcd_parser):
+    for add in (serve_parser, gateway_parser, call_parser, ls_parser, describe_parser, watch_parser,
+                etcd_parser):
         add(sub)
     return p
 
