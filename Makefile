@@ -17,9 +17,9 @@ $(STAMP): setup.cfg setup.py
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# three at a time (they mostly wait on subprocesses) where timing does not matter, then the timing-sensitive tests alone (tests/conftest.py)
+# four at a time (they mostly wait on subprocesses) where timing does not matter, then the timing-sensitive tests alone (tests/conftest.py)
 test: install
-	$(BIN)/python -m pytest -q -n 3 -m "not serial"; a=$$?; \
+	$(BIN)/python -m pytest -q -n 4 -m "not serial"; a=$$?; \
 	$(BIN)/python -m pytest -q -m serial; b=$$?; test $$a = 0 && test $$b = 0
 
 demo: install

@@ -3,7 +3,7 @@ import pytest
 pytest_plugins = ["framework.testing"]
 
 #: files whose tests measure time or throughput under load (deadlines, goodput, freezes) or change
-#: the host's network: `make test` runs them one at a time, after the others ran two at a time
+#: the host's network: `make test` runs them one at a time, after the others ran four at a time
 SERIAL = {"test_overload", "test_network", "test_lifecycle", "test_gray", "test_green_calls",
           "test_hostile"}
 
