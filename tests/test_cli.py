@@ -187,3 +187,15 @@ def test_json_logs_from_a_node(serve_node, etcd):
     registered = [r for r in records if r["msg"].startswith("registered ")]
     assert registered and registered[0]["level"] == "info"
     assert registered[0]["logger"] == "framework.registry" and registered[0]["pid"] == node.pid
+
+
+def test_call_and_describe_carry_the_shared_token(serve_node, etcd):
+    serve_node("tests.services", env={"FRAMEWORK_TOKEN": "t0ken"})
+    refused = cli("call", "HelloService.Hello", "world", "--etcd", etcd.endpoint)
+    assert refused.returncode == 1 and "Unauthorized" in one_line_error(refused)
+    r = cli("call", "HelloService.Hello", "world", "--etcd", etcd.endpoint, "--token", "t0ken")
+    assert r.returncode == 0 and json.loads(r.stdout) == "hello:world", r.stderr
+    d = cli("describe", "HelloService", "--etcd", etcd.endpoint,
+            env={"FRAMEWORK_TOKEN": "t0ken"})
+    assert d.returncode == 0, d.stderr
+    assert "HelloService.Hello" in {m["name"] for m in json.loads(d.stdout)["methods"]}

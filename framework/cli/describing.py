@@ -12,7 +12,8 @@ import importlib
 import json
 import sys
 
-from .shared import EXIT_USAGE, FORMATTER, common_flags, etcd_config, fail, registry_flags
+from .shared import (EXIT_USAGE, FORMATTER, common_flags, etcd_config, fail, registry_flags,
+                     token_flag, token_of)
 
 _DESCRIPTION = (
     "Print the OpenRPC document (https://spec.open-rpc.org) of SERVICE as JSON: what one of its "
@@ -41,6 +42,7 @@ def describe_parser(sub) -> None:
                    help="describe this module's @service classes from their code instead")
     registry_flags(d)
     d.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default 5)")
+    token_flag(d)
     d.add_argument("--debug", action="store_true", help="print a traceback on failure")
     d.set_defaults(func=cmd_describe, default_level="error")
 
@@ -53,7 +55,8 @@ def cmd_describe(args) -> int:
     from ..errors import RpcError, ServiceUnavailable
 
     try:
-        client = Client(etcd=etcd_config(args), timeout=args.timeout, prefix=args.prefix)
+        client = Client(etcd=etcd_config(args), timeout=args.timeout, prefix=args.prefix,
+                        token=token_of(args))
     except (ValueError, RpcError) as exc:
         return fail(exc, args.debug)
     try:

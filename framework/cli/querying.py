@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .shared import (EXIT_ERROR, EXIT_USAGE, FORMATTER, common_flags, etcd_client, etcd_config,
-                     fail, log, registry_flags)
+                     fail, log, registry_flags, token_flag, token_of)
 
 _CALL_DESCRIPTION = (
     "Call a method of a registered service and print its result as JSON on stdout.\n\n"
@@ -72,6 +72,7 @@ def call_parser(sub) -> None:
                    "where the service has any")
     c.add_argument("-m", "--meta", action="append", default=[], metavar="KEY=VALUE",
                    help="call metadata (repeatable), e.g. -m x-user=alice")
+    token_flag(c)
     c.add_argument("--pretty", action="store_true", help="indent the JSON result")
     c.add_argument("--debug", action="store_true", help="print a traceback on failure")
     # the one-line error says what failed; retry warnings from the client would only bury it
@@ -100,7 +101,7 @@ def cmd_call(args) -> int:
     metadata = dict(item.partition("=")[::2] for item in args.meta) or None
     try:
         client = Client(etcd=etcd_config(args), timeout=args.timeout, prefix=args.prefix,
-                        lane=args.lane)
+                        lane=args.lane, token=token_of(args))
     except (ValueError, RpcError) as exc:
         return fail(exc, args.debug)
     try:

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from .shared import EXIT_USAGE, FORMATTER, common_flags, etcd_config, log, registry_flags
+from .shared import EXIT_USAGE, FORMATTER, common_flags, etcd_config, log, registry_flags, token_of
 
 _SERVE_DESCRIPTION = (
     "Serve every @framework.service class defined in MODULE on one port, register it in etcd and "
@@ -292,8 +292,7 @@ def cmd_gateway(args) -> int:
     limits = Limits(max_body=args.max_body, max_batch=args.max_batch, max_depth=args.max_depth)
     gateway = Gateway(etcd_config(args), prefix=args.prefix, timeout=args.timeout,
                       max_timeout=args.max_timeout, limits=limits,
-                      token=args.token or os.environ.get("FRAMEWORK_TOKEN") or None,
-                      services=args.service, forward_headers=args.forward_header)
+                      token=token_of(args), services=args.service, forward_headers=args.forward_header)
     gateway.grace = args.grace
     if args.listen_fd is not None:
         _worker_mode(gateway, args)

@@ -1,9 +1,10 @@
 """What every subcommand shares: exit codes, the ``--log-*`` and ``--etcd*`` flag groups, the etcd
-configuration those flags give, and the one-line error report on stderr."""
+configuration those flags give, the shared call token, and the one-line error report on stderr."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 log = logging.getLogger("framework")
@@ -83,3 +84,13 @@ def registry_flags(parser: argparse.ArgumentParser) -> None:
                         help="etcd password ($ETCD_PASSWORD; prefer the variable: flags show in ps)")
     parser.add_argument("--prefix", default="/services/",
                         help="registry key prefix (default /services/)")
+
+
+def token_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token", default=None,
+                        help="shared token sent to the nodes with every call ($FRAMEWORK_TOKEN)")
+
+
+def token_of(args) -> "str | None":
+    """The ``--token`` given, else ``$FRAMEWORK_TOKEN``, else None (no token)."""
+    return args.token or os.environ.get("FRAMEWORK_TOKEN") or None
