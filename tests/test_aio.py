@@ -207,13 +207,14 @@ def test_a_node_sigkilled_under_load_fails_no_idempotent_call(etcd, serve_node):
     async def scenario():
         stopping = asyncio.Event()
         async with Client(etcd=etcd.endpoint, timeout=5.0) as client:
-            await client.listed("HelloService")
-            await until(lambda: len(client.nodes("HelloService")) == 2)
+            await client.listed("WorkService")
+            await until(lambda: len(client.nodes("WorkService")) == 2)
 
             async def caller():
                 while not stopping.is_set():
                     try:
-                        pids.append(await client.HelloService.Pid())
+                        # 20 ms each: the killed node always has calls in flight
+                        pids.append(await client.WorkService.Read(20))
                     except Exception as exc:
                         errors.append(repr(exc))
 
