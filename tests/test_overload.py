@@ -5,7 +5,7 @@ capacity instead of collapsing, and the cluster recovers as soon as the load dro
 from framework.testing import wait_until
 from tests.probes import start_probe
 
-OVERLOAD_SECONDS = 10
+OVERLOAD_SECONDS = 12
 DEADLINE = 1.0
 
 
@@ -21,6 +21,7 @@ def test_twice_the_capacity_keeps_goodput_and_recovers_at_once(etcd, serve_node,
     capacity, calm, over = phase("capacity"), phase("calm"), phase("overload")
     print(capacity, calm, over, recovery)
     knee = capacity["calls_per_s"]
+    # goodput after the first ADAPT (2) s of overload, as the nodes' limits have adapted
     assert over["goodput_per_s"] >= 0.8 * knee, "goodput holds at 80% of capacity or more"
     assert over["received"] <= 1.1 * over["issued"], "retries and hedges add at most a tenth"
     assert over["shed"] > 0.2 * over["issued"], "the nodes refused what they could not do in time"
