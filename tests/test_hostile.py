@@ -14,8 +14,8 @@ import time
 import msgpack
 import pytest
 
-from framework import protocol
-from framework.testing import RawConnection, frame, frame_header, wait_until
+from framework import Client, protocol
+from framework.testing import ProcessGroup, RawConnection, frame, frame_header, wait_until
 
 FRAME_TIMEOUT = 2.0
 MAX_FRAME = 65536
@@ -23,14 +23,30 @@ LIMITS = ["--frame-timeout", str(FRAME_TIMEOUT), "--max-frame", str(MAX_FRAME),
           "--max-conn-in-flight", "4", "--max-concurrency", "8"]
 
 
-@pytest.fixture
-def node(processes, etcd):
-    return processes.start_node("tests.services", etcd.endpoint, ttl=3, extra_args=LIMITS)
+@pytest.fixture(scope="module")
+def world():
+    """One etcd, one node and one good client for the whole module: every test here checks that
+    the node comes out of its abuse still serving and bounded, so the next test starts from a
+    node that has already been abused once - and it saves a node's start per test."""
+    group = ProcessGroup()
+    try:
+        etcd = group.start_etcd()
+        node = group.start_node("tests.services", etcd.endpoint, ttl=3, extra_args=LIMITS)
+        yield node, group.add(Client(etcd=etcd.endpoint, timeout=5))
+    finally:
+        group.close()
 
 
 @pytest.fixture
-def good(make_client):
-    return make_client(timeout=5)
+def node(world):
+    node = world[0]
+    assert node.alive, "an earlier test of this module took the node down"
+    return node
+
+
+@pytest.fixture
+def good(world):
+    return world[1]
 
 
 def rss_kb(pid: int) -> int:
