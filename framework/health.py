@@ -172,3 +172,19 @@ class Health:
     def forget(self, address: str) -> None:
         """The node left the registry: a node that comes back at that address starts afresh."""
         self._nodes.pop(address, None)
+
+
+def check_stall(conn: Any, now: float, oldest: float, stall: float,
+                abandon: Callable[[float], None]) -> float:
+    """The liveness check a connection's sweeper runs (gevent's and asyncio's alike): once its
+    oldest pending call has waited ``stall``/2, ``conn`` pings its node, and a ping unanswered for
+    ``stall`` seconds calls ``abandon(stall)``. Returns when to look again (``inf``: no call waits
+    or the check is off)."""
+    if not stall or oldest == float("inf"):
+        return float("inf")
+    if now - oldest < stall / 2:
+        return oldest + stall / 2
+    conn._check_liveness(now, stall)
+    if conn.stalled(now, stall):
+        abandon(stall)
+    return now + stall / 2

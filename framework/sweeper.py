@@ -17,6 +17,7 @@ import gevent.event
 from gevent.hub import Waiter as _Waiter
 
 from .errors import ConnectionLost, Timeout
+from .health import check_stall
 from .hedging import HedgeDue
 
 
@@ -108,17 +109,7 @@ class Sweeper:
                     f"no answer from {conn.address} within {entry[2]:.3f}s"))
         if expired:
             conn._retire_if_idle()
-        stall = self.stall_after
-        if stall and oldest < math.inf:
-            # as in the threaded world: a call that has waited stall/2 checks liveness
-            if now - oldest >= stall / 2:
-                conn._check_liveness(now, stall)
-                if conn.stalled(now, stall):
-                    self._abandon(stall)
-                wake = min(wake, now + stall / 2)
-            else:
-                wake = min(wake, oldest + stall / 2)
-        return wake
+        return min(wake, check_stall(conn, now, oldest, self.stall_after, self._abandon))
 
     def _abandon(self, stall: float) -> None:
         conn = self.conn

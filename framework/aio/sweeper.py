@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any, Deque, Dict, Tuple
 
+from ..health import check_stall
 from ..hedging import HedgeDue
 
 
@@ -103,16 +104,7 @@ class LoopSweeper:
             oldest = min(oldest, deadline - timeout)
         for rid in expired:
             conn._expire(rid)
-        stall = conn.stall_after
-        if stall and oldest < math.inf:
-            # as in the other worlds: a call that has waited stall/2 checks the node's liveness
-            if now - oldest >= stall / 2:
-                conn._check_liveness(now, stall)
-                if conn.stalled(now, stall):
-                    conn._abandon(stall)
-                wake = min(wake, now + stall / 2)
-            else:
-                wake = min(wake, oldest + stall / 2)
+        wake = min(wake, check_stall(conn, now, oldest, conn.stall_after, conn._abandon))
         if conn._paused:
             if not conn._writing(now):
                 return math.inf   # given up: the connection failed
