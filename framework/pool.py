@@ -11,8 +11,9 @@ import itertools
 import os
 import ssl
 import threading
+import time
 import weakref
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from . import protocol
 from .errors import NotSent
@@ -41,7 +42,8 @@ class Pool:
         self.write_stall = write_stall
         self._conns: Dict[str, Connection] = {}   # address, or "address#i" for a node's i-th
         self._turn = itertools.count()
-        self._locks: Dict[str, threading.Lock] = {}
+        self._locks: Dict[str, threading.Lock] = {}   # per key: one connect at a time
+        self._failed: Dict[str, Tuple[float, NotSent]] = {}   # per key: its last connect failed
         self._lock = threading.Lock()
         self.closed = False
         _live.add(self)
@@ -78,22 +80,40 @@ class Pool:
         return best
 
     def _open(self, key: str, address: str, timeout: float) -> Connection:
+        # One connect per node at a time; the calls that wait for it take its result, a failure
+        # too: against a blackholed host, each connecting in turn would make the last caller
+        # wait for every connect timeout before its own. The wait is bounded by the caller's time.
+        waiting_since = time.monotonic()
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
-        with lock:  # one connect per node at a time; the others reuse its result
+        if not lock.acquire(timeout=max(0.0, timeout)):
+            raise NotSent(f"no connection to {address} within {timeout:.3f}s "
+                          "(another call was still connecting)")
+        try:
             conn = self._conns.get(key)
             if conn is not None and conn.alive and conn.accepting:
                 return conn
+            failed = self._failed.get(key)
+            if failed is not None and failed[0] > waiting_since:
+                raise NotSent(f"{failed[1]} (a call connecting at the same time)")
             if self.closed:
                 raise NotSent("client is closed")
             pid = os.getpid()
-            conn = Connection.open(address, min(timeout, self.connect_timeout), self.max_frame,
-                                   self.tls, self.write_stall)
+            left = timeout - (time.monotonic() - waiting_since)
+            try:
+                conn = Connection.open(address, max(0.0, min(left, self.connect_timeout)),
+                                       self.max_frame, self.tls, self.write_stall)
+            except NotSent as exc:
+                self._failed[key] = (time.monotonic(), exc)
+                raise
+            self._failed.pop(key, None)
             if os.getpid() != pid:   # a greenlet that forked meanwhile: the socket is shared
                 conn.drop_inherited()
                 raise NotSent(f"the process forked while connecting to {address}")
             self._conns[key] = conn
             return conn
+        finally:
+            lock.release()
 
     def stalled(self, address: str, now: float) -> bool:
         """True while the node at ``address`` leaves a liveness ping unanswered (see
@@ -104,7 +124,10 @@ class Pool:
     def forget(self, address: str) -> None:
         """The node left the registry: retire its connection (calls in flight still get their
         answers - a draining node sends them)."""
-        for key in [k for k in self._conns if k == address or k.startswith(address + "#")]:
+        for key in [k for k in list(self._locks) if k == address or k.startswith(address + "#")]:
+            self._locks.pop(key, None)   # (a call holding it still releases its own)
+            self._failed.pop(key, None)
+        for key in [k for k in list(self._conns) if k == address or k.startswith(address + "#")]:
             conn = self._conns.pop(key, None)
             if conn is not None:
                 conn.retire()
@@ -120,6 +143,7 @@ class Pool:
         thread at fork time would never be released here (only the forking thread survives)."""
         self._lock = threading.Lock()
         self._locks = {}
+        self._failed = {}
         self._conns = {}
 
 

@@ -38,7 +38,8 @@ def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, params
             return None, exc
     answers = Answers(due.conn.green)
     due.conn.follow(due, answers.slot(0))
-    attempts = {0: (node, due.conn, due.rid, None)}
+    # tag -> (node, conn, rid, load, when sent)
+    attempts = {0: (node, due.conn, due.rid, None, started)}
     backup = _backup(client, answers, other, method, params, deadline, balancer, meta, span)
     if backup is not None:
         attempts[1] = backup
@@ -47,19 +48,27 @@ def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, params
         while attempts:
             got = answers.wait(deadline - time.monotonic())
             if got is None:   # threaded world: nothing delivers a Timeout, the wait ends
-                raise Timeout(f"{method}: deadline passed")
+                raise unanswered(method, attempts, started)
             tag, value = got
             attempt = attempts.pop(tag, None)
             if attempt is None:
                 continue   # a second copy of an answer
-            won, value = settle(client, tag, value, attempt, node, due.conn, route, balancer,
-                                started)
+            won, value = settle(client, tag, value, attempt, node, due.conn, route, balancer)
             if won:
                 return tag == 0, value
             error = value
         return None, error
     finally:
-        drop_losers(attempts, balancer, started)
+        drop_losers(attempts, balancer)
+
+
+def unanswered(method: str, attempts: dict, started: float) -> Timeout:
+    """The Timeout of a race that no attempt won in time, naming the nodes still silent (which
+    tells an operator whether the backup, too, went somewhere slow)."""
+    silent = " and ".join(f"{'the backup on ' if tag else ''}{attempt[0].address}"
+                          for tag, attempt in sorted(attempts.items()))
+    return Timeout(f"{method}: deadline passed {time.monotonic() - started:.3f}s after it was "
+                   f"sent; no answer from {silent or 'any node'}")
 
 
 def backup_node(client: Any, node: Node, route: Any, balancer: Any) -> Optional[Node]:
@@ -77,19 +86,21 @@ def backup_node(client: Any, node: Node, route: Any, balancer: Any) -> Optional[
 
 
 def settle(client: Any, tag: int, value: Any, attempt: tuple, node: Node, primary: Any,
-           route: Any, balancer: Any, started: float) -> Tuple[bool, Any]:
+           route: Any, balancer: Any) -> Tuple[bool, Any]:
     """One answer of a race: ``value`` (a response object or an error) of the attempt tagged
     ``tag`` (0: the primary on ``node`` over ``primary``, 1: the backup). Returns ``(True,
     result)`` when it won, ``(False, error)`` when it failed in a way that allows a retry;
     raises otherwise."""
-    anode, conn, _, load = attempt
+    anode, conn, _, load, sent = attempt
     now = time.monotonic()
     if load is not None:
-        balancer.end(load, now - started, type(value) is dict, now)
+        balancer.end(load, now - sent, type(value) is dict, now)
     if type(value) is dict and "error" not in value:
         client.health.record(anode.address, True, False, now)
         if tag:   # (the caller records a primary's answer)
-            route.tail.add(now - started, now)
+            # the backup's own latency: the hedge delay is the tail of one attempt, and counting
+            # the wait before the backup in it would raise the delay with every hedge won
+            route.tail.add(now - sent, now)
             client.budget.calls += 1
             _primary_lost(client, node, primary, now)
         return True, value.get("result")
@@ -99,12 +110,12 @@ def settle(client: Any, tag: int, value: Any, attempt: tuple, node: Node, primar
     return False, exc
 
 
-def drop_losers(attempts: dict, balancer: Any, started: float) -> None:
+def drop_losers(attempts: dict, balancer: Any) -> None:
     """The race is over: forget the attempts still in ``attempts`` (their answers are dropped)."""
-    for _, conn, rid, load in attempts.values():
+    for _, conn, rid, load, sent in attempts.values():
         conn.cancel(rid)
         if load is not None:
-            balancer.end(load, time.monotonic() - started, True)
+            balancer.end(load, time.monotonic() - sent, True)
 
 
 def _backup(client: Any, answers: Answers, other: Node, method: str, params: Any,
@@ -124,7 +135,7 @@ def _backup(client: Any, answers: Answers, other: Node, method: str, params: Any
         balancer.end(load, 0.0, False, now)
         return None
     client.hedging.sent += 1
-    return other, conn, rid, load
+    return other, conn, rid, load, now
 
 def _primary_lost(client: Any, node: Node, conn: Any, now: float) -> None:
     """The backup answered first: ``node`` was slow this time, a failure for its health (three

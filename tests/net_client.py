@@ -9,7 +9,8 @@ threads - BIG of them (default 0) ``HelloService.Big`` with a 1 MB string, the o
   ``refused``: retries its retry budget refused);
 * on ``mark`` from stdin, ``{"mark": ...}`` with the figures of the calls that ended since the
   previous mark (or the start): the same ones plus ``p99``, ``p99_big``, ``p99_small``,
-  ``over_deadline`` (calls over TIMEOUT + 0.1 s) and the first errors, ``from``/``to`` its times;
+  ``over_deadline`` (calls over TIMEOUT + 0.1 s) and the first errors (each with the time it
+  ended), ``from``/``to`` its times;
 * on ``stop`` from stdin, ``{"final": ...}`` with every figure of the whole run and, per pid, the
   gaps > 0.5 s between two answers from it (when it was out of traffic), then it exits.
 
@@ -86,13 +87,14 @@ class Figures:
     def window(self, since=None, counters=(0, 0, 0), started=0.0):
         """Figures of the calls that ended after ``since`` (per load: (ok, errors) counts)."""
         since = since or {name: (0, 0) for name in self.loads}
-        seconds, errors, by_pid, ended = {}, [], {}, {}
+        seconds, errors, by_pid, ended, slowest = {}, [], {}, {}, []
         for name, load in self.loads.items():
             ok, failed = list(load.ok), list(load.errors)
             ended[name] = (len(ok), len(failed))
             ok, failed = ok[since[name][0]:], failed[since[name][1]:]
             seconds[name] = [o.seconds for o in ok + failed]
-            errors += [o.value for o in failed]
+            slowest += [(o.seconds, o.at, name) for o in ok + failed if o.seconds > 0.25]
+            errors += [f"{o.value} (ended at {o.at:.3f})" for o in failed]
             for o in ok:
                 by_pid[str(o.value)] = by_pid.get(str(o.value), 0) + 1
         now_counters = self._counters()
@@ -104,6 +106,7 @@ class Figures:
                    "big_calls": len(seconds["big"]),
                    "over_deadline": sum(s > self.timeout + 0.1 for s in every),
                    "slow": sum(s > 0.25 for s in every),
+                   "slowest": [[round(x, 3) for x in o[:2]] + [o[2]] for o in sorted(slowest)[-5:]],
                    **dict(zip(("hedged", "won", "refused"),
                               (now - then for now, then in zip(now_counters, counters))))}
         return figures, ended, now_counters
@@ -147,7 +150,7 @@ def main():
     large.stop()
     whole = figures.window()[0]
     emit({"final": True, **figures.status(), **{k: whole[k] for k in (
-        "errors", "over_deadline", "slow", "p99", "p99_small", "p99_big", "big_calls")},
+        "errors", "over_deadline", "slow", "slowest", "p99", "p99_small", "p99_big", "big_calls")},
         "gaps": gaps([small, large])})
     client.close()
 

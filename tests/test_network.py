@@ -143,9 +143,12 @@ def registered(net, endpoint, address):
     return any(kv.key.endswith("/" + address) for kv in kvs)
 
 
-def in_traffic(probe, *nodes):
-    return probe.wait(lambda s: all(s["by_pid"].get(str(n.pid), 0) > 0 for n in nodes),
-                      timeout=10, message="every node answering calls")
+def in_traffic(probe, *nodes, calls=600):
+    """Every node answers and the client made ``calls`` calls: a fault starts in steady state,
+    once the client knows its methods' latencies (until a method has 20 answers, a hedge waits
+    half the time left, which is a cold start's behaviour, not the fault's)."""
+    return probe.wait(lambda s: all(s["by_pid"].get(str(n.pid), 0) > 0 for n in nodes)
+                      and s["calls"] >= calls, timeout=10, message="every node answering calls")
 
 
 def resumed(final, node, after):
@@ -398,6 +401,8 @@ def test_a_blackholed_node_host_at_a_half_second_timeout_costs_no_call(test_netw
           f"fault {fault['calls']} calls, {fault['hedged']} hedges ({fault['won']} won), shares "
           f"{shares(fault, nodes)}; dropped from the view {gone - cut:.2f} s after the cut; "
           f"listed again {back - healed:.2f} s and answering {took - healed:.2f} s after the heal")
+    print(f"cut at {cut:.3f}, healed at {healed:.3f}; {final['slow']} calls over 0.25 s, the "
+          f"slowest (seconds, ended at): {final['slowest']}")
     assert final["failed"] == 0, final["errors"]
     assert final["over_deadline"] == 0 and final["max"] <= timeout + 0.1
     assert final["big_calls"] > 0

@@ -219,6 +219,34 @@ def test_hedge_delay_follows_the_recent_p99_with_a_floor_and_half_the_time_left(
     assert tail.delay == 0.0015, "the floor"
 
 
+def test_a_backup_that_wins_teaches_the_hedge_delay_its_own_latency_not_the_wait_before_it():
+    """A node goes silent and every tenth call is won by its backup, 2 ms after the backup left:
+    the delay stays at the 2 ms an attempt takes (were the wait before the backup counted, the
+    p99 would climb by the delay itself each window, up to half the time left)."""
+    from types import SimpleNamespace
+    from framework import racing
+    from framework.budget import RetryBudget
+    from framework.health import Health
+    from framework.hedging import Hedging
+    tail = Hedging(window=0.01, floor=0.001).tail()
+    client = SimpleNamespace(health=Health(), budget=RetryBudget(), hedging=Hedging())
+    route, primary = SimpleNamespace(tail=tail), SimpleNamespace(probe=lambda: None)
+    silent, other = SimpleNamespace(address="10.0.0.3:7001"), SimpleNamespace(address="b:1")
+    calls, end = 0, time.monotonic() + 0.3   # 30 windows
+    while time.monotonic() < end:
+        now = time.monotonic()
+        calls += 1
+        if calls % 10 or tail.delay == float("inf"):
+            tail.add(0.002, now)   # an answer from a live node, recorded by the client
+            continue
+        hedged_at = now - 0.002   # the backup's answer came 2 ms after it was sent
+        backup = (other, None, 2, None, hedged_at)
+        won, _ = racing.settle(client, 1, {"result": 1}, backup, silent, primary, route, None)
+        assert won
+    assert client.hedging.won > 100, client.hedging.won
+    assert 0.002 <= tail.delay < 0.003, tail.delay
+
+
 def test_a_burst_of_failures_is_one_ejection_and_an_answer_resets_the_backoff():
     from framework.health import Health
     health = Health(eject_threshold=3, eject_base=0.5, eject_cap=10.0)

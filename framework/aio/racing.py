@@ -12,10 +12,10 @@ import asyncio
 import time
 from typing import Any, Optional, Tuple
 
-from ..errors import NotSent, RpcError, Timeout
+from ..errors import NotSent, RpcError
 from ..health import RETRY
 from ..hedging import HedgeDue
-from ..racing import backup_node, drop_losers, settle
+from ..racing import backup_node, drop_losers, settle, unanswered
 from ..record import Node
 from ..tracing import Tracing
 
@@ -36,30 +36,30 @@ async def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, 
             if client.health.judge(node.address, exc, due.conn, True, now) is not RETRY:
                 raise
             return None, exc
-    attempts = {0: (node, due.conn, due.rid, None)}
+    attempts = {0: (node, due.conn, due.rid, None, started)}   # as in framework.racing
     waiting = {due.handle: 0}   # future -> its attempt's tag
     error: Optional[RpcError] = None
     try:
         backup = await _backup(client, other, method, params, deadline, balancer, meta, span)
         if backup is not None:
-            attempts[1] = backup[:4]
-            waiting[backup[4]] = 1
+            attempts[1] = backup[:5]
+            waiting[backup[5]] = 1
         while waiting:
             done, _ = await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()),
                                          return_when=asyncio.FIRST_COMPLETED)
             if not done:
-                raise Timeout(f"{method}: deadline passed")
+                raise unanswered(method, attempts, started)
             for fut in done:
                 tag = waiting.pop(fut)
                 value = fut.exception() or fut.result()
                 won, value = settle(client, tag, value, attempts.pop(tag), node, due.conn, route,
-                                    balancer, started)
+                                    balancer)
                 if won:
                     return tag == 0, value
                 error = value
         return None, error
     finally:
-        drop_losers(attempts, balancer, started)
+        drop_losers(attempts, balancer)
         for fut in waiting:   # a loser's error, if any, is nobody's concern
             if fut.done() and not fut.cancelled():
                 fut.exception()
@@ -67,8 +67,8 @@ async def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, 
 
 async def _backup(client: Any, other: Node, method: str, params: Any, deadline: float,
                   balancer: Any, meta: Optional[dict], span: Any) -> Optional[tuple]:
-    """Send the hedge to ``other``: ``(node, conn, rid, load, future)``, or None when it could not
-    be sent."""
+    """Send the hedge to ``other``: ``(node, conn, rid, load, sent, future)``, or None when it
+    could not be sent."""
     now = time.monotonic()
     if span is not None:
         Tracing.attempt(span, other.address, hedge=True)
@@ -81,4 +81,4 @@ async def _backup(client: Any, other: Node, method: str, params: Any, deadline: 
         balancer.end(load, 0.0, False, now)
         return None
     client.hedging.sent += 1
-    return other, conn, rid, load, fut
+    return other, conn, rid, load, now, fut
