@@ -72,9 +72,13 @@ def unanswered(method: str, attempts: dict, started: float) -> Timeout:
 
 
 def backup_node(client: Any, node: Node, route: Any, balancer: Any) -> Optional[Node]:
-    """Where the backup of a call slow on ``node`` goes; None when there is no other node, or
-    the retry budget refuses the hedge."""
-    others = [n for n in route.candidates if n is not node]
+    """Where the backup of a call slow on ``node`` goes; None when there is no other node (of
+    the preferred ones, while one is usable: a slow call does not leave its zone), or the retry
+    budget refuses the hedge."""
+    targets = route.candidates
+    if route.preferred is not None and any(client.usable(n) for n in route.preferred):
+        targets = route.preferred   # as for an attempt: the preferred nodes while one is usable
+    others = [n for n in targets if n is not node]
     # as for a first attempt: when no other node is usable, a guess beats waiting it out
     other = balancer.pick(others, client.usable) or balancer.pick(others)
     # a hedge away from a node already known to be failing (ejected, or silent to a ping)

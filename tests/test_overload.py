@@ -5,7 +5,7 @@ capacity instead of collapsing, and the cluster recovers as soon as the load dro
 from framework.testing import wait_until
 from tests.probes import start_probe
 
-OVERLOAD_SECONDS = 12
+OVERLOAD_SECONDS = 10
 DEADLINE = 1.0
 
 
