@@ -25,8 +25,10 @@ from framework.devetcd import EtcdProcess
 from framework.testing import GatewayProcess, NodeProcess, ProcessGroup
 
 
-def load_child(target: str, kind: str, seconds: float, callers: int) -> None:
-    """One load process: ``callers`` greenlets calling for ``seconds``; prints its call count."""
+def load_child(target: str, kind: str, seconds: float, callers: int, start_at: float) -> None:
+    """One load process: ``callers`` greenlets calling from ``start_at`` (a ``time.time()``, the
+    same for every load process, so their windows coincide) for ``seconds``; prints its call
+    count, and whether it was ready in time."""
     from gevent import monkey
     monkey.patch_all()
     import gevent
@@ -39,6 +41,11 @@ def load_child(target: str, kind: str, seconds: float, callers: int) -> None:
         body = {"jsonrpc": "2.0", "id": 1, "method": "HelloService.Hello", "params": ["x"]}
         call = lambda: post_json(target, body)  # noqa: E731
     call()   # connected, warm
+    late = time.time() - start_at
+    if late < 0:
+        # every load process starts at once: one still importing would otherwise take CPU from
+        # the others' window, which the 2-worker node needs and the 1-worker node does not
+        time.sleep(-late)
     counts = [0] * callers
     end = time.monotonic() + seconds
 
@@ -47,7 +54,7 @@ def load_child(target: str, kind: str, seconds: float, callers: int) -> None:
             call()
             counts[i] += 1
     gevent.joinall([gevent.spawn(caller, i) for i in range(callers)])
-    print(json.dumps({"calls": sum(counts)}), flush=True)
+    print(json.dumps({"calls": sum(counts), "late": max(0.0, late)}), flush=True)
 
 
 _WRK_SCRIPT = ('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
@@ -71,18 +78,24 @@ def wrk(address: str, seconds: float, connections: int = 64) -> float:
 def measure(target: str, kind: str, args) -> float:
     if kind == "http" and shutil.which("wrk"):
         return wrk(target, args.seconds)
+    start_at = time.time() + 1.0 + 0.5 * args.loaders   # time for each to import and connect
     procs = [subprocess.Popen([PY, "-m", "bench.workers", "--child", target, kind,
-                               str(args.seconds), str(args.callers)], stdout=subprocess.PIPE,
-                              text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                               str(args.seconds), str(args.callers), repr(start_at)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
              for _ in range(args.loaders)]
-    calls = sum(json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1])["calls"]
-                for p in procs)
-    return calls / args.seconds
+    reports = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+    late = max(r["late"] for r in reports)
+    if late > 0:
+        print(f"  (a load process started {late:.2f} s late: its window was not the others')",
+              file=sys.stderr)
+    return sum(r["calls"] for r in reports) / args.seconds
 
 
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
-        load_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
+        load_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]),
+                   float(sys.argv[6]))
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=4.0)

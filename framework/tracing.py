@@ -13,16 +13,30 @@ send them on (:func:`framework.calls.inherited`), so the trace id a caller sent 
 """
 from __future__ import annotations
 
+import sys
+from importlib.util import find_spec
 from typing import Any, Dict, Optional, Tuple
 
-try:
-    from opentelemetry import context as _context
-    from opentelemetry import propagate as _propagate
-    from opentelemetry import trace as _trace
-except ImportError:   # the extra is not installed: propagation only
-    _trace = None
-
 from . import __version__
+
+#: OpenTelemetry's API modules, once loaded by _api()
+_context: Any = None
+_propagate: Any = None
+_trace: Any = None
+
+
+def _api() -> Any:
+    """OpenTelemetry's ``trace`` module once the application has imported OpenTelemetry, else
+    None. Configuring an SDK means importing it, so a process that never does has no span to make
+    and never loads the API: about 40 ms of every node's, gateway's and CLI command's start."""
+    global _context, _propagate, _trace
+    if _trace is None and "opentelemetry.trace" in sys.modules:
+        try:
+            from opentelemetry import context, propagate, trace
+        except ImportError:   # a broken install: propagation only, as without the extra
+            return None
+        _context, _propagate, _trace = context, propagate, trace
+    return _trace
 
 
 class Tracing:
@@ -33,7 +47,7 @@ class Tracing:
     recheck = 1.0
 
     def __init__(self, enabled: bool = True, provider: Any = None):
-        self.enabled = enabled and _trace is not None
+        self.enabled = enabled and available()
         #: a TracerProvider of the application's own; None: OpenTelemetry's global one
         self.provider = provider
         self._tracer: Any = None
@@ -47,9 +61,11 @@ class Tracing:
         if tracer is None and self.enabled:
             if now >= self._look_at:
                 self._look_at = now + self.recheck
-                provider = self.provider or _trace.get_tracer_provider()
-                if not isinstance(provider, _trace.ProxyTracerProvider):
-                    tracer = self._tracer = provider.get_tracer("framework", __version__)
+                trace = _api()
+                if trace is not None:
+                    provider = self.provider or trace.get_tracer_provider()
+                    if not isinstance(provider, trace.ProxyTracerProvider):
+                        tracer = self._tracer = provider.get_tracer("framework", __version__)
         return tracer
 
     # ---- the client side -------------------------------------------------------------------------
@@ -113,5 +129,15 @@ def _attributes(service: str, method: str) -> Dict[str, Any]:
 
 
 def available() -> bool:
-    """True when ``opentelemetry-api`` is importable."""
-    return _trace is not None
+    """True when ``opentelemetry-api`` is installed (it is not imported until the application
+    imports OpenTelemetry itself: see :func:`_api`)."""
+    global _installed
+    if _installed is None:
+        try:
+            _installed = find_spec("opentelemetry.trace") is not None
+        except (ImportError, ValueError):
+            _installed = False
+    return _installed
+
+
+_installed: Optional[bool] = None
