@@ -1,10 +1,14 @@
 """Workers scaling: calls/s of ``serve --workers 1`` against ``--workers 2`` for a method that burns
 1 ms of CPU (``Burn.Cpu(1)`` in tests/services.py), and of the gateway with 1 and 2 workers.
 
-``python -m bench.workers [--seconds 4] [--rounds 3] [--loaders 4] [--callers 8]`` starts etcd,
+``python -m bench.workers [--seconds 4] [--rounds 3] [--loaders 2] [--callers 16]`` starts etcd,
 then for each configuration in interleaved rounds a node (and, for the gateway rows, a gateway),
-and ``--loaders`` load processes of ``--callers`` greenlets each. Each load process has its own
-client, so its own connection: the kernel hands connections, not calls, to workers. The gateway rows
+and ``--loaders`` load processes of ``--callers`` greenlets each, calling in one shared window.
+Each load process has its own client, so its own connections (two per worker): the kernel hands
+connections, not calls, to workers. The load shares the node's 2 cores, so it is kept cheap: 2
+processes of 16 callers spend about 125 us of CPU per call, 4 of 8 about 220 us (fewer calls in
+flight per connection, so fewer answers per wake-up), which takes CPU only the 2-worker node
+needs (docs/performance.md, round 13). The gateway rows
 use ``wrk`` (``apt-get install wrk``) with 64 keep-alive connections when it is installed, else the
 same Python load processes. Prints the median calls/s per configuration and the ratio of 2
 workers to 1.
@@ -100,8 +104,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--loaders", type=int, default=4)
-    p.add_argument("--callers", type=int, default=8)
+    p.add_argument("--loaders", type=int, default=2)
+    p.add_argument("--callers", type=int, default=16)
     args = p.parse_args(argv)
     results: dict = {}
     group = ProcessGroup()
