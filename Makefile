@@ -17,10 +17,13 @@ $(STAMP): setup.cfg setup.py
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# four at a time (they mostly wait on subprocesses) where timing does not matter, then the timing-sensitive tests alone (tests/conftest.py)
+# four at a time (they mostly wait on subprocesses) where timing does not matter, then the
+# timing-sensitive tests: two streams of those that leave a core free, then the rest alone
+# (tests/conftest.py says which are which)
 test: install
-	$(BIN)/python -m pytest -q -n 4 -m "not serial"; a=$$?; \
-	$(BIN)/python -m pytest -q -m serial; b=$$?; test $$a = 0 && test $$b = 0
+	$(BIN)/python -m pytest -q -n 4 -m "not serial and not paired"; a=$$?; \
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m paired; b=$$?; \
+	$(BIN)/python -m pytest -q -m serial; c=$$?; test $$a = 0 && test $$b = 0 && test $$c = 0
 
 demo: install
 	$(BIN)/python demo_hello/run_demo.py
