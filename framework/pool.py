@@ -99,12 +99,14 @@ class Pool:
             if self.closed:
                 raise NotSent("client is closed")
             pid = os.getpid()
-            left = timeout - (time.monotonic() - waiting_since)
+            bound = min(timeout - (time.monotonic() - waiting_since), self.connect_timeout)
+            if bound <= 0:
+                raise NotSent(f"no time left to connect to {address}")
             try:
-                conn = Connection.open(address, max(0.0, min(left, self.connect_timeout)),
-                                       self.max_frame, self.tls, self.write_stall)
+                conn = Connection.open(address, bound, self.max_frame, self.tls, self.write_stall)
             except NotSent as exc:
-                self._failed[key] = (time.monotonic(), exc)
+                if bound >= self.connect_timeout:   # not a caller's short time: the host's fault
+                    self._failed[key] = (time.monotonic(), exc)
                 raise
             self._failed.pop(key, None)
             if os.getpid() != pid:   # a greenlet that forked meanwhile: the socket is shared

@@ -70,3 +70,30 @@ def test_no_caller_waits_for_a_connect_past_its_own_time(silent_address):
     print(f"6 callers with 0.2 s each on a 1 s connect: slowest answered in {slowest:.3f} s")
     assert len(results) == 6 and all(isinstance(error, NotSent) for _, error in results)
     assert slowest < 0.2 + 0.15, results
+
+
+def test_a_connect_cut_short_by_its_callers_time_is_not_shared(silent_address):
+    # a caller with 0.05 s starts the connect and gives up; one with 2 s that waited for it then
+    # makes its own, with the full 0.3 s bound: a short deadline says nothing about the host
+    pool = Pool(connect_timeout=0.3)
+    results, started = {}, threading.Event()
+
+    def call(name, timeout):
+        began = time.monotonic()
+        started.set()
+        try:
+            pool.get(silent_address, timeout)
+        except NotSent as exc:
+            results[name] = (time.monotonic() - began, exc)
+
+    short = threading.Thread(target=call, args=("short", 0.05))
+    short.start()
+    started.wait(1)
+    long = threading.Thread(target=call, args=("long", 2.0))
+    long.start()
+    short.join(3)
+    long.join(3)
+    print(f"short caller answered in {results['short'][0]:.3f} s, the other in "
+          f"{results['long'][0]:.3f} s")
+    assert results["short"][0] < 0.05 + 0.1
+    assert 0.3 - 0.05 <= results["long"][0] < 0.05 + 0.3 + 0.2, results
