@@ -1,13 +1,15 @@
 """Fan-out: how fast one registration reaches many discovery caches, and what that costs etcd.
 
-``python -m bench.fanout [--watchers 1000] [--procs 4] [--registrations 20] [--json]``
+``python -m bench.fanout [--watchers 1000] [--procs 4] [--registrations 20] [--share] [--json]``
 
 Starts a dev etcd (:class:`framework.devetcd.EtcdProcess`) and ``--procs`` gevent-patched watcher
 processes (``python -m bench.fanout watcher ...``). Each holds its share of the caches, and every
 cache is a :class:`framework.discovery.Discovery` of its own on an :class:`framework.etcd.Etcd` of
-its own, watching the one service - as that many client processes would. One watched service
-stays below ``shared_above``, so each cache runs its own per-service watch: 1,000 caches are
-1,000 watch streams (and 1,000 keep-alive connections for their lists), not one shared watch.
+its own, watching the one service. By default (``share=False``) each runs its own watch, as that
+many client processes would: 1,000 caches are 1,000 watch streams (and 1,000 keep-alive
+connections for their lists). With ``--share`` the caches of a process share one watch
+(:mod:`framework.sharing`, the default for a ``Discovery``): 1,000 caches in 4 processes are 4
+streams, and each process fans a change out to its caches itself.
 
 The driver then registers nodes one at a time with :class:`framework.registry.Registration`
 (grant, put, keepalive) and stops each (revoke). A change's propagation to a cache is the time
@@ -91,10 +93,12 @@ def watcher(argv: List[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--endpoint", required=True)
     p.add_argument("--caches", type=int, required=True)
+    p.add_argument("--share", action="store_true")
     args = p.parse_args(argv)
     raise_nofile(2 * args.caches + 64)
     arrivals = Arrivals(args.caches)
-    caches = [Discovery(Etcd(args.endpoint), prefix=PREFIX) for _ in range(args.caches)]
+    caches = [Discovery(Etcd(args.endpoint), prefix=PREFIX, share=args.share)
+              for _ in range(args.caches)]
     for cache in caches:
         cache.subscribe(arrivals)
         cache.watch(SERVICE)
@@ -168,11 +172,12 @@ def _summary(ms: List[float]) -> dict:
 
 
 def measure(watchers: int = 1000, procs: int = 4, registrations: int = 20,
-            etcd: Optional[EtcdProcess] = None, timeout: float = 20.0) -> dict:
+            etcd: Optional[EtcdProcess] = None, timeout: float = 20.0, share: bool = False) -> dict:
     """``watchers`` caches in ``procs`` processes; ``registrations`` nodes registered and
     deregistered one at a time. Uses ``etcd`` when given (its ``proc`` must be a local process),
-    else starts one. Returns propagation percentiles for joins and leaves, misses, connections and
-    CPU figures (see the module docstring)."""
+    else starts one. ``share``: the caches of a process share one watch (framework.sharing); by
+    default each has its own, as that many processes would. Returns propagation percentiles for
+    joins and leaves, misses, connections and CPU figures (see the module docstring)."""
     own = etcd is None
     etcd = EtcdProcess().start() if own else etcd
     children: Optional[Children] = None
@@ -181,7 +186,7 @@ def measure(watchers: int = 1000, procs: int = 4, registrations: int = 20,
         children = Children([
             [sys.executable, "-m", "bench.fanout", "watcher", "--endpoint", etcd.endpoint,
              "--caches", str(watchers // procs + (1 if i < watchers % procs else 0))]
-            for i in range(procs)])
+            + (["--share"] if share else []) for i in range(procs)])
         listening = sum(int(line.split()[1]) for line in children.ready)
         ready_s = time.monotonic() - started
         pids, cpu = children.pids(), _proc_cpu
@@ -203,7 +208,7 @@ def measure(watchers: int = 1000, procs: int = 4, registrations: int = 20,
     join = [ms for r in results for ms in r["join"][0]]
     leave = [ms for r in results for ms in r["leave"][0]]
     window = t2 - t1
-    return {"watchers": watchers, "procs": procs, "registrations": registrations,
+    return {"watchers": watchers, "procs": procs, "registrations": registrations, "share": share,
             "listening": listening, "ready_s": ready_s,
             "join": _summary(join), "leave": _summary(leave),
             "missed": sum(r["join"][1] + r["leave"][1] for r in results),
@@ -220,7 +225,9 @@ def measure(watchers: int = 1000, procs: int = 4, registrations: int = 20,
 def text(r: dict) -> str:
     j, lv = r["join"], r["leave"]
     return "\n".join([
-        f"{r['watchers']:,} caches (own watch each) in {r['procs']} processes, "
+        f"{r['watchers']:,} caches ("
+        f"{'one shared watch per process' if r.get('share') else 'own watch each'}) in "
+        f"{r['procs']} processes, "
         f"{r['registrations']} registrations, each seen by {r['listening']:,} caches "
         f"(missed: {r['missed']})",
         f"join  propagation: p50 {j['p50_ms']:.1f} ms, p90 {j['p90_ms']:.1f}, p99 {j['p99_ms']:.1f}, "
@@ -244,9 +251,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--watchers", type=int, default=1000)
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--registrations", type=int, default=20)
+    p.add_argument("--share", action="store_true",
+                   help="the caches of a process share one watch (default: one each)")
     p.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
     args = p.parse_args(argv)
-    result = measure(args.watchers, args.procs, args.registrations)
+    result = measure(args.watchers, args.procs, args.registrations, share=args.share)
     print(text(result))
     if args.json:
         print(json.dumps(result, indent=1))

@@ -119,15 +119,16 @@ def _scale_rows(scale: dict, reg: dict):
                f"{watch['shared_connections']} shared (listed in {watch['shared_list_s']:.1f} s), "
                f"{watch['per_service_connections']} with a watch per service "
                f"({watch['per_service_list_s']:.1f} s)", "bench.registry")
-    fan = scale.get("fanout")
-    if fan and "join" in fan:
-        yield (f"fan-out of one registration to {fan['watchers']:,} caches "
-               f"({fan['procs']} processes, {fan['registrations']} registrations)",
-               f"p50 {fan['join']['p50_ms']:.0f} ms, p99 {fan['join']['p99_ms']:.0f} ms, max "
-               f"{fan['join']['max_ms']:.0f} ms; missed {fan['missed']}; etcd "
-               f"{fan['etcd_cpu_s_per_registration'] * 1000:.0f} ms CPU per registration, "
-               f"{fan['etcd_cpu_pct']:.0f}% of a core; {fan['etcd_connections']:,} connections",
-               "bench.fanout")
+    fanned = scale.get("fanout") or {}
+    for fan, how in ((fanned, "a watch each"), (fanned.get("shared"), "one shared watch a process")):
+        if fan and "join" in fan:
+            yield (f"fan-out of one registration to {fan['watchers']:,} caches "
+                   f"({fan['procs']} processes, {how}, {fan['registrations']} registrations)",
+                   f"p50 {fan['join']['p50_ms']:.0f} ms, p99 {fan['join']['p99_ms']:.0f} ms, max "
+                   f"{fan['join']['max_ms']:.0f} ms; missed {fan['missed']}; etcd "
+                   f"{fan['etcd_cpu_s_per_registration'] * 1000:.0f} ms CPU per registration, "
+                   f"{fan['etcd_cpu_pct']:.0f}% of a core; {fan['etcd_connections']:,} connections",
+                   "bench.fanout")
     heap = reg.get("heap")
     if heap:
         rss = reg["large"]["rss_mb"] - reg["small"]["rss_mb"]

@@ -6,8 +6,9 @@ of :mod:`bench.run`, and returns ``{part: figures}``; a part that fails or canno
 
 * ``etcd_load`` - etcd requests, new connections and CPU per second for 1,000 registered nodes
   (:mod:`bench.etcd_load`, keep-alive connections, TTL 10 s, 10 s of steady state);
-* ``fanout`` - one registration reaching 1,000 discovery caches with a watch each
-  (:mod:`bench.fanout`): propagation percentiles and etcd's CPU;
+* ``fanout`` - one registration reaching 1,000 discovery caches with a watch each, then with
+  the caches of each process sharing one (:mod:`bench.fanout`): propagation percentiles and
+  etcd's CPU;
 * ``workers`` - calls/s with 1 and 2 workers, node and gateway (:mod:`bench.workers`, 2 rounds of
   2 s: a short look; the bench's own defaults measure longer);
 * ``gateway`` and ``aio`` - the rows of ``bench.gateway.measure()`` and ``bench.aio.measure()``
@@ -46,8 +47,10 @@ def etcd_load() -> dict:
 
 
 def fanout() -> dict:
+    """A watch per cache (as 1,000 processes would), then the caches of a process sharing one."""
     from bench import fanout as bench
-    return bench.measure(watchers=1000, procs=4, registrations=20)
+    return {**bench.measure(watchers=1000, procs=4, registrations=20),
+            "shared": bench.measure(watchers=1000, procs=4, registrations=20, share=True)}
 
 
 def workers() -> dict:

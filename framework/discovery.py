@@ -16,7 +16,9 @@ Callers only read immutable snapshots; they never touch etcd.
 
 Past ``shared_above`` watched services the per-service workers stop and one shared worker
 (:mod:`framework.watching`) does 1-3 for the whole prefix, routing each event to its service's cache,
-so a process watching a thousand services holds one watch connection, not a thousand.
+so a process watching a thousand services holds one watch connection, not a thousand. And the
+caches of several Discovery objects in one process (several clients) share one worker per service
+and etcd (:mod:`framework.sharing`): the others publish what it publishes.
 
 In a forked child the cache lives on: the snapshots are kept, so calls work at once, and each
 watched service (past ``shared_above``: the shared watch) gets a new worker that starts again at 1.
@@ -37,7 +39,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import gevent
 
-from . import record
+from . import record, sharing
 from .backoff import Backoff
 from .errors import EtcdError
 from .etcd import KV, EtcdAPI, Event, WatchStream
@@ -71,6 +73,12 @@ class _Watched:
         self.carry_until = 0.0
         self.watch: Optional[WatchStream] = None
         self.retired = False   # the shared watch took over: this service's worker stops
+        #: process-wide sharing (framework.sharing): the cache this one mirrors, or those
+        #: mirroring this one; ``version`` counts its views, ``seen`` the leader's last mirrored
+        self.leader: Optional["_Watched"] = None
+        self.followers: List["_Watched"] = []
+        self.version = self.seen = 0
+        self.mirror_lock = threading.RLock()
         #: this service's own worker; None while the shared watch keeps the cache
         self.thread: Optional[Union[threading.Thread, gevent.Greenlet]] = (
             self._new_thread() if worker else None)
@@ -92,13 +100,33 @@ class _Watched:
             _drop_inherited(watch)
         # a thread lost between setting ``nodes`` and ``snapshot`` left them apart
         self.snapshot = tuple(sorted(self.nodes.values(), key=lambda n: n.address))
-        if restart and not self.retired:
+        self.mirror_lock = threading.RLock()
+        if restart and not self.retired and self.leader is None:   # a follower's leader restarts
+            self.thread = self._new_thread()
+            self.thread.start()
+
+    def mirror(self, leader: "_Watched") -> None:
+        """Publish ``leader``'s view as this cache's own, unless it is not newer than the last."""
+        with self.mirror_lock:
+            version = leader.version   # before its nodes: they are at least this new
+            nodes = leader.nodes
+            if version <= self.seen:
+                return
+            self.seen = version
+            self.revision, self.cluster = leader.revision, leader.cluster
+            self._publish(dict(nodes))
+            self.ready.set()
+
+    def take_over(self) -> None:
+        """This follower leads now (framework.sharing): its own worker, from a full list."""
+        if not self.discovery.closed and not self.retired:
             self.thread = self._new_thread()
             self.thread.start()
 
     def _publish(self, nodes: Dict[str, Node]) -> None:
         old = self.nodes
         self.nodes = nodes
+        self.version += 1
         self.snapshot = tuple(sorted(nodes.values(), key=lambda n: n.address))
         added = [n for k, n in nodes.items() if old.get(k) != n]
         removed = [n for k, n in old.items() if k not in nodes]
@@ -112,6 +140,8 @@ class _Watched:
                     listener(self.service, added, removed, self.snapshot)
                 except Exception:
                     log.exception("discovery listener failed")
+        for follower in list(self.followers):
+            follower.mirror(self)
 
     def _list(self) -> Optional[str]:
         d = self.discovery
@@ -214,11 +244,16 @@ class _Watched:
 
 
 class Discovery:
-    """Watched caches for any number of services; share one per process (``Client(discovery=...)``)."""
+    """Watched caches for any number of services. Several in one process share each service's
+    watch on the same etcd (``share=False``: this one watches on its own); one Discovery can also
+    serve several clients (``Client(discovery=...)``)."""
 
     def __init__(self, etcd: EtcdAPI, prefix: str = DEFAULT_PREFIX, idle_resync: float = 30.0,
-                 replace_grace: float = 10.0, shared_above: int = 8):
+                 replace_grace: float = 10.0, shared_above: int = 8, share: bool = True):
         self.etcd = etcd
+        #: a service's watch is shared with the other caches of this process on the same etcd
+        #: (framework.sharing); False: this one's caches always watch on their own
+        self.share = share
         #: past this many watched services, one watch over the whole prefix serves them all
         self.shared_above = shared_above
         self._shared: Optional[SharedWatch] = None
@@ -250,6 +285,8 @@ class Discovery:
                         self._share()
                     elif self._shared is not None:
                         self._shared.joined()
+                    elif sharing.follow(watched):
+                        watched.thread = None   # the cache that leads for it runs the worker
                     else:
                         watched.thread.start()
         return watched
@@ -259,6 +296,7 @@ class Discovery:
         to end before its first list (a late list of theirs must not land after its own)."""
         retired = []
         for watched in self._watched.values():
+            _hand_over(watched)   # the prefix-wide watch keeps every cache of this one
             if watched.thread is not None:
                 watched.retired = True
                 retired.append(watched.thread)
@@ -304,6 +342,7 @@ class Discovery:
         self.closed = True
         self._stop.set()
         for watched in list(self._watched.values()):
+            _hand_over(watched)
             if watched.watch is not None:
                 watched.watch.close()
         if self._shared is not None:
@@ -319,6 +358,13 @@ class Discovery:
             watched._after_fork(restart=not self.closed and self._shared is None)
         if self._shared is not None:
             self._shared._after_fork(restart=not self.closed)
+
+
+def _hand_over(watched: _Watched) -> None:
+    """``watched`` stops sharing its service's watch; a cache that followed it leads instead."""
+    heir = sharing.leave(watched)
+    if heir is not None:
+        heir.take_over()
 
 
 def _copy_event(event: threading.Event) -> threading.Event:
