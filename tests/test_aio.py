@@ -201,7 +201,9 @@ def test_a_fastapi_app_under_uvicorn_serves_concurrent_requests(etcd, serve_node
 
 
 def test_a_node_sigkilled_under_load_fails_no_idempotent_call(etcd, serve_node):
-    nodes = [serve_node("tests.services"), serve_node("tests.services")]
+    # shedding off: this is about a lost node. The lone survivor of 64 tasks on a host busy with
+    # the rest of the suite may refuse calls it cannot serve in time, by design (test_overload)
+    nodes = [serve_node("tests.services", extra_args=["--shed-target", "0"]) for _ in range(2)]
     pids, errors = [], []
 
     async def scenario():
