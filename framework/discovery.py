@@ -273,6 +273,7 @@ class Discovery:
     def _get(self, service: str) -> _Watched:
         watched = self._watched.get(service)
         if watched is None:
+            leader = None
             with self._lock:
                 watched = self._watched.get(service)
                 if watched is None:
@@ -285,10 +286,14 @@ class Discovery:
                         self._share()
                     elif self._shared is not None:
                         self._shared.joined()
-                    elif sharing.follow(watched):
-                        watched.thread = None   # the cache that leads for it runs the worker
                     else:
-                        watched.thread.start()
+                        leader = sharing.follow(watched)
+                        if leader is None:
+                            watched.thread.start()
+                        else:   # the cache that leads for it runs the worker
+                            watched.thread = None
+            if leader is not None:
+                watched.mirror(leader)   # its view now, if it has one
         return watched
 
     def _share(self) -> None:

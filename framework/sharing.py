@@ -38,21 +38,21 @@ def _key(watched: "_Watched") -> Optional[tuple]:
             None if tls is None else id(tls), watched.prefix)
 
 
-def follow(watched: "_Watched") -> bool:
-    """Make ``watched`` follow the cache that leads for its service, if there is one (True: it
-    must not start a worker), or lead (False)."""
+def follow(watched: "_Watched") -> Optional["_Watched"]:
+    """Make ``watched`` follow the cache that leads for its service, if there is one, and return
+    that leader (``watched`` must then start no worker, and mirrors the leader's view now, outside
+    its Discovery's lock: listeners run there); else ``watched`` leads, and None."""
     key = _key(watched)
     if key is None:
-        return False
+        return None
     with _lock:
         leader = _leaders.get(key)
         if leader is None or leader.discovery.closed:
             _leaders[key] = watched
-            return False
+            return None
         watched.leader = leader
         leader.followers.append(watched)
-    watched.mirror(leader)   # its view now, if it has one (versions keep an older one out)
-    return True
+    return leader
 
 
 def leave(watched: "_Watched") -> Optional["_Watched"]:

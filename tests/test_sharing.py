@@ -65,4 +65,7 @@ def test_a_cache_that_joins_later_has_the_current_view_at_once(etcd, processes):
     a = _put(store, 1004)
     wait_until(lambda: _addresses(caches[0], "Svc") == {a}, message="the put")
     late = processes.add(Discovery(CountingEtcd(etcd.endpoint), PREFIX))
+    heard = []   # a listener may look at another service: the view arrives outside any lock
+    late.subscribe(lambda service, added, removed, snapshot: heard.append(late.nodes("Other")))
     assert {n.address for n in late.nodes("Svc", wait=0)} == {a} and late.ready("Svc")
+    assert heard == [()]
