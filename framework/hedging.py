@@ -6,7 +6,8 @@ first answer wins (Dean and Barroso's "The Tail at Scale"; gRPC's hedging, Kitex
   backup. Never later than half the time the call has left, so the backup has time to answer.
   Until a method has ``min_samples`` answers, its delay is that half.
 * **What.** Only methods every node marks ``@idempotent`` (running twice is harmless), only with
-  another node to send to, at most one backup per call, and only when the client's retry budget
+  another node to send to, one backup per call (one more, to a third node, when an attempt fails
+  while the other is still silent: three attempts at most), and only when the client's retry budget
   (:mod:`framework.budget`) allows: hedges and retries share it, so together they add at most
   about a tenth of the calls to an overloaded cluster. A hedge away from a node already known to
   be failing (ejected, or silent to a ping) is not paid for: it replaces a lost call.

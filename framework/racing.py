@@ -11,7 +11,7 @@ asyncio client's race (:mod:`framework.aio.racing`).
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from .errors import NotSent, RpcError, Timeout, from_error_object
 from .health import RETRY
@@ -40,9 +40,18 @@ def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, params
     due.conn.follow(due, answers.slot(0))
     # tag -> (node, conn, rid, load, when sent)
     attempts = {0: (node, due.conn, due.rid, None, started)}
-    backup = _backup(client, answers, other, method, params, deadline, balancer, meta, span)
-    if backup is not None:
-        attempts[1] = backup
+    tried = [node]
+
+    def send_to(target: Optional[Node]) -> None:
+        tried.append(target)
+        backup = _backup(client, answers, target, method, params, deadline, balancer, meta, span,
+                         len(tried) - 1)
+        if backup is not None:
+            attempts[len(tried) - 1] = backup
+
+    send_to(other)
+    if len(attempts) == 1:   # it could not be sent: another node, if there is one
+        send_to(more(client, node, route, balancer, tried))
     error: Optional[RpcError] = None
     try:
         while attempts:
@@ -57,9 +66,25 @@ def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, params
             if won:
                 return tag == 0, value
             error = value
+            if attempts:   # the other attempt is still silent: see more()
+                send_to(more(client, node, route, balancer, tried))
         return None, error
     finally:
         drop_losers(attempts, balancer)
+
+
+#: attempts one race makes at most: the first, its backup, and one in place of a failed one
+MAX_ATTEMPTS = 3
+
+
+def more(client: Any, node: Node, route: Any, balancer: Any, tried: list) -> Optional[Node]:
+    """One attempt of a race failed (refused by a busy node, or not sent) while the other is
+    still silent, maybe on a node frozen but not found out yet: a node not tried yet for one
+    more, rather than waiting on the silent one to the deadline; None when the race made
+    MAX_ATTEMPTS already, no node is left, or the retry budget refuses."""
+    if len(tried) >= MAX_ATTEMPTS:
+        return None
+    return backup_node(client, node, route, balancer, exclude=tried)
 
 
 def unanswered(method: str, attempts: dict, started: float) -> Timeout:
@@ -71,14 +96,15 @@ def unanswered(method: str, attempts: dict, started: float) -> Timeout:
                    f"sent; no answer from {silent or 'any node'}")
 
 
-def backup_node(client: Any, node: Node, route: Any, balancer: Any) -> Optional[Node]:
+def backup_node(client: Any, node: Node, route: Any, balancer: Any,
+                exclude: Sequence[Any] = ()) -> Optional[Node]:
     """Where the backup of a call slow on ``node`` goes; None when there is no other node (of
     the preferred ones, while one is usable: a slow call does not leave its zone), or the retry
     budget refuses the hedge."""
     targets = route.candidates
     if route.preferred is not None and any(client.usable(n) for n in route.preferred):
         targets = route.preferred   # as for an attempt: the preferred nodes while one is usable
-    others = [n for n in targets if n is not node]
+    others = [n for n in targets if n is not node and n not in exclude]
     # as for a first attempt: when no other node is usable, a guess beats waiting it out
     other = balancer.pick(others, client.usable) or balancer.pick(others)
     # a hedge away from a node already known to be failing (ejected, or silent to a ping)
@@ -122,10 +148,13 @@ def drop_losers(attempts: dict, balancer: Any) -> None:
             balancer.end(load, time.monotonic() - sent, True)
 
 
-def _backup(client: Any, answers: Answers, other: Node, method: str, params: Any,
-            deadline: float, balancer: Any, meta: Optional[dict],
-            span: Any) -> Optional[tuple]:
-    """Send the hedge to ``other``; None when it could not be sent."""
+def _backup(client: Any, answers: Answers, other: Optional[Node], method: str, params: Any,
+            deadline: float, balancer: Any, meta: Optional[dict], span: Any,
+            tag: int) -> Optional[tuple]:
+    """Send the hedge (attempt ``tag``) to ``other``; None when it could not be sent, or there
+    is no ``other``."""
+    if other is None:
+        return None
     now = time.monotonic()
     if span is not None:
         Tracing.attempt(span, other.address, hedge=True)
@@ -133,7 +162,7 @@ def _backup(client: Any, answers: Answers, other: Node, method: str, params: Any
     try:
         conn = client.pool.get(other.address, deadline - now, other.meta.get("workers", 1))
         rid = conn.start(method, params, deadline - now, meta, deadline,
-                         client.pool.stall_after, answers.slot(1))
+                         client.pool.stall_after, answers.slot(tag))
     except NotSent:
         client.health.record(other.address, False, True, now)
         balancer.end(load, 0.0, False, now)

@@ -15,7 +15,7 @@ from typing import Any, Optional, Tuple
 from ..errors import NotSent, RpcError
 from ..health import RETRY
 from ..hedging import HedgeDue
-from ..racing import backup_node, drop_losers, settle, unanswered
+from ..racing import backup_node, drop_losers, more, settle, unanswered
 from ..record import Node
 from ..tracing import Tracing
 
@@ -38,12 +38,22 @@ async def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, 
             return None, exc
     attempts = {0: (node, due.conn, due.rid, None, started)}   # as in framework.racing
     waiting = {due.handle: 0}   # future -> its attempt's tag
+    tried = [node]
+
+    async def send_to(target: Optional[Node]) -> None:
+        tried.append(target)
+        if target is None:
+            return
+        backup = await _backup(client, target, method, params, deadline, balancer, meta, span)
+        if backup is not None:
+            attempts[len(tried) - 1] = backup[:5]
+            waiting[backup[5]] = len(tried) - 1
+
     error: Optional[RpcError] = None
     try:
-        backup = await _backup(client, other, method, params, deadline, balancer, meta, span)
-        if backup is not None:
-            attempts[1] = backup[:5]
-            waiting[backup[5]] = 1
+        await send_to(other)
+        if len(attempts) == 1:   # it could not be sent: another node, if there is one
+            await send_to(more(client, node, route, balancer, tried))
         while waiting:
             done, _ = await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()),
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -57,6 +67,8 @@ async def race(client: Any, due: HedgeDue, node: Node, route: Any, method: str, 
                 if won:
                     return tag == 0, value
                 error = value
+                if attempts:   # the other attempt is still silent (framework.racing.more)
+                    await send_to(more(client, node, route, balancer, tried))
         return None, error
     finally:
         drop_losers(attempts, balancer)
