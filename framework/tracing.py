@@ -23,6 +23,8 @@ from . import __version__
 _context: Any = None
 _propagate: Any = None
 _trace: Any = None
+#: whether opentelemetry-api is installed, once available() looked
+_installed: Optional[bool] = None
 
 
 def _api() -> Any:
@@ -139,5 +141,3 @@ def available() -> bool:
             _installed = False
     return _installed
 
-
-_installed: Optional[bool] = None

@@ -7,27 +7,21 @@ import time
 
 import pytest
 
+from framework.balancer import RoundRobin
 from framework.testing import wait_until
 
 
-class Scripted:
-    """The balancer interface with a fixed preference: the first node of ``order`` offered."""
+class Scripted(RoundRobin):
+    """A balancer with a fixed preference: the first node of ``order`` offered (RoundRobin's
+    bookkeeping, which keeps none)."""
 
     def __init__(self, order):
+        super().__init__()
         self.order = order
 
     def pick(self, nodes, usable=None, weights=None):
         ranked = sorted(nodes, key=lambda n: self.order.index(n.address))
         return ranked[0] if ranked else None
-
-    def begin(self, node):
-        return None
-
-    def end(self, token, seconds, ok, now=None):
-        pass
-
-    def forget(self, node):
-        pass
 
 
 @pytest.mark.parametrize("world", ["threads", "asyncio"])
