@@ -41,7 +41,7 @@ from typing import Optional, Sequence, Union
 import gevent
 import gevent.event
 import gevent.pool
-from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+from gevent.server import StreamServer
 
 from . import __version__, console, protocol
 from .client import Client
@@ -50,16 +50,11 @@ from .errors import EtcdError, InternalError, MethodNotFound, RpcError, ServiceU
 from .jsonrpc_http import JsonRpcHttp, Limits
 from .schema import DISCOVER, Catalog
 from .metrics import UNKNOWN, GatewayMetrics, outcome_of
-from .web import TRACE_HEADERS, Handler, HttpSurface, header_metadata
+from .httpserver import HttpBounds, serve as serve_http
+from .web import TRACE_HEADERS, HttpSurface, header_metadata
 
 log = logging.getLogger(__name__)
 
-
-
-class _Handler(Handler):
-    """The shared handler, with an access line per request when this logger records DEBUG."""
-
-    access_log = logging.getLogger(__name__ + ".access")
 
 
 class Gateway:
@@ -94,18 +89,25 @@ class Gateway:
         self._metadata = header_metadata(TRACE_HEADERS + tuple(forward_headers))
         self.wsgi = HttpSurface(self.rpc, self.metrics, health=self.health,
                                 draining=lambda: self.draining, on_status=self.metrics.answered,
-                                meta=lambda environ: {"metadata": self._metadata(environ)},
+                                meta=self._meta,
                                 log=log, guard=console.token_guard(self.client.token))
         # services seen in the registry, or declared: the only ones called
         self._known: set = set(services)
         self._names_at = 0.0
         self._names_lock = threading.Lock()
-        self._server: Optional[WSGIServer] = None
+        #: an access line per request when this logger records DEBUG
+        self.http_bounds = HttpBounds(max_body=limits.max_body,
+                                      access_log=logging.getLogger(__name__ + ".access"))
+        self._server: Optional[StreamServer] = None
         self._stopped = gevent.event.Event()
         self.wsgi.pages.update(console.pages(self))   # GET /ui: the operator console
         #: the OpenRPC document of every live service: rpc.discover and GET /openrpc.json
         self.catalog = Catalog(self.client, timeout)
         self.wsgi.pages["/openrpc.json"] = self.catalog.http
+
+    def _meta(self, environ: dict) -> Optional[dict]:
+        metadata = self._metadata(environ)
+        return {"metadata": metadata} if metadata else None
 
     # ---- routing a call --------------------------------------------------------------------------
 
@@ -173,15 +175,15 @@ class Gateway:
               listener: Optional[socket.socket] = None) -> "Gateway":
         """Listen on ``host:port`` (port 0: any free port; see :attr:`address`), or accept on
         ``listener`` (a pre-fork worker's inherited socket)."""
-        self._server = WSGIServer(listener or (host, port), self.wsgi,
-                                  spawn=gevent.pool.Pool(max_connections),
-                                  handler_class=_Handler,
-                                  log=None,   # access lines: _Handler.access_log
-                                  error_log=LoggingLogAdapter(log, logging.ERROR))
+        self._server = StreamServer(listener or (host, port), self._serve_http,
+                                    spawn=gevent.pool.Pool(max_connections))
         self._server.max_accept = self.max_accept
         self._server.start()
         log.info("gateway listening on %s:%s", *self.address)
         return self
+
+    def _serve_http(self, sock, peer) -> None:
+        serve_http(sock, peer, self.wsgi, self.http_bounds)
 
     @property
     def address(self):

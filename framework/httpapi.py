@@ -1,7 +1,7 @@
 """A node's HTTP, on its RPC port: telling HTTP from msgpack, and the node's side of the routes.
 
 The server reads the first bytes of every connection. When they are an HTTP method (``GET ``,
-``POST``, ...) the connection is handed to gevent's ``pywsgi`` handler with those bytes replayed;
+``POST``, ...) the connection is served by :mod:`framework.httpserver`, those bytes first;
 anything else is the msgpack protocol. No valid msgpack frame can start with an HTTP method: read
 as the big-endian frame length, ``b"GET "`` is about 1.2 GB, far over the largest frame a node accepts.
 
@@ -11,17 +11,15 @@ token sent as ``Authorization: Bearer <token>`` becoming the token of every call
 """
 from __future__ import annotations
 
-import io
 import logging
 import time
 from typing import Any, Optional
 
-from gevent.pywsgi import LoggingLogAdapter, WSGIServer
-
 from . import __version__, protocol
 from .errors import GoingAway
 from .jsonrpc_http import JsonRpcHttp, Limits
-from .web import TRACE_HEADERS, Handler, HttpSurface, header_metadata
+from .httpserver import HttpBounds, serve as serve_http
+from .web import TRACE_HEADERS, HttpSurface, header_metadata
 
 log = logging.getLogger(__name__)
 
@@ -34,43 +32,6 @@ def sniff(first: bytes) -> Optional[bool]:
     if len(head) == 4:
         return head in HTTP_METHODS
     return None if any(m.startswith(head) for m in HTTP_METHODS) else False
-
-
-class _PrefixedRaw(io.RawIOBase):
-    """Raw reads that return the already-received ``prefix`` first, then read the socket."""
-
-    def __init__(self, sock, prefix: bytes):
-        super().__init__()
-        self._sock = sock
-        self._prefix = memoryview(prefix)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        if self._prefix:
-            n = min(len(b), len(self._prefix))
-            b[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        try:
-            return self._sock.recv_into(b)
-        except ConnectionError:
-            return 0
-
-
-class _Replay:
-    """The accepted socket, whose ``makefile`` replays the sniffed bytes (what pywsgi reads through)."""
-
-    def __init__(self, sock, prefix: bytes):
-        self._sock_obj = sock
-        self._first = prefix
-
-    def makefile(self, mode: str = "rb", buffering: int = -1):
-        return io.BufferedReader(_PrefixedRaw(self._sock_obj, self._first))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock_obj, name)
 
 
 _trace_metadata = header_metadata(TRACE_HEADERS)
@@ -89,8 +50,8 @@ def bearer_meta(environ: dict) -> Optional[dict]:
 
 
 class NodeHttp:
-    """The HTTP side of one :class:`~framework.server.Server`: sniffed sockets go to pywsgi, whose
-    app (``app``) is the shared :class:`~framework.web.HttpSurface`."""
+    """The HTTP side of one :class:`~framework.server.Server`: sniffed sockets are served with the
+    shared :class:`~framework.web.HttpSurface` (``app``)."""
 
     def __init__(self, server: Any, limits: Limits = Limits()):
         self.server = server
@@ -99,8 +60,7 @@ class NodeHttp:
         self.connections: set = set()   # sockets being served as HTTP
         self.app = HttpSurface(self.rpc, server.metrics, health=self.health,
                                draining=lambda: self.server.draining, meta=bearer_meta, log=log)
-        self._wsgi = WSGIServer(("127.0.0.1", 0), self.app, log=None, handler_class=Handler,
-                                error_log=LoggingLogAdapter(log, logging.ERROR))
+        self.limits = limits
 
     def _spawn(self, fn, *args):
         return self.server.pool.spawn(fn, *args)
@@ -109,7 +69,9 @@ class NodeHttp:
         """Serve an accepted connection whose first bytes (already read) are ``first``."""
         self.connections.add(sock)   # Server.stop closes the ones still open (keep-alive)
         try:
-            self._wsgi.handle(_Replay(sock, first), peer)
+            # a request begun must come whole as fast as a msgpack frame must
+            serve_http(sock, peer, self.app, HttpBounds(
+                max_body=self.limits.max_body, request_timeout=self.server.frame_timeout), first)
         finally:
             self.connections.discard(sock)
 

@@ -14,20 +14,13 @@ Another method on one of these paths is 405 with ``Allow``; another path is 404;
 
 A node (:mod:`framework.httpapi`) and the gateway (:mod:`framework.gateway`) each build one
 :class:`HttpSurface`; everything that differs between the two is an argument of its constructor.
-Both serve it with :class:`Handler`, pywsgi's request handler with less work per request.
+Both serve it with :mod:`framework.httpserver`.
 """
 from __future__ import annotations
 
-import http.client
-import io
 import json
 import logging
-import re
-import socket
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-from gevent.pywsgi import WSGIHandler, format_date_time, headers_factory
 
 from .errors import RpcError
 from .jsonrpc_http import JsonRpcHttp, respond, serve_post, status_line
@@ -65,143 +58,6 @@ def header_metadata(names: Sequence[str]) -> Callable[[dict], Dict[str, str]]:
     def metadata(environ: dict) -> Dict[str, str]:
         return {key: environ[env] for key, env in keys if env in environ}
     return metadata
-
-
-#: as in :mod:`http.client`: the longest header line and the most header lines of one request
-_MAX_LINE, _MAX_HEADERS = 65536, 100
-#: a header block of plain ``Name: value`` CRLF lines only (a name as :mod:`email` reads one:
-#: printable ASCII but space and colon), and one such line as email splits it
-_PLAIN_BLOCK = re.compile(r"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n)*")
-_PLAIN_LINE = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*)\r\n")
-
-
-class _Headers:
-    """A request's headers: the part of ``email.message.Message`` that pywsgi's handler uses."""
-
-    __slots__ = ("_pairs", "_first", "status")
-
-    def __init__(self, pairs: List[Tuple[str, str]], status: str = ""):
-        self._pairs = pairs
-        self._first: Dict[str, str] = {}   # lower-cased name -> its first value, as email's get
-        for name, value in pairs:
-            self._first.setdefault(name.lower(), value)
-        self.status = status
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self._first.get(name.lower(), default)
-
-    getheader = get
-
-    def __delitem__(self, name: str) -> None:
-        key = name.lower()
-        self._pairs = [pair for pair in self._pairs if pair[0].lower() != key]
-        self._first.pop(key, None)
-
-    @property
-    def headers(self) -> List[str]:
-        return [f"{name}: {value}\r\n" for name, value in self._pairs]
-
-    @property
-    def typeheader(self) -> Optional[str]:
-        return self._first.get("content-type")
-
-
-def _plain_headers(lines: List[bytes]) -> Optional[List[Tuple[str, str]]]:
-    """``(name, value)`` of header lines that are all plain ``Name: value`` ending in CRLF, read
-    as :mod:`email` reads them; None when one is anything else (a folded line, a bare CR, ...)."""
-    block = b"".join(lines).decode("latin-1")
-    if _PLAIN_BLOCK.fullmatch(block) is None:
-        return None
-    return _PLAIN_LINE.findall(block)
-
-
-class Handler(WSGIHandler):
-    """pywsgi's request handler for nodes and the gateway, giving the same answers for less work
-    (pywsgi costs more per request than the JSON-RPC call it carries):
-
-    * Nagle is off, so a small answer is never held back waiting for the client's delayed ACK;
-    * request headers that are all plain ``Name: value`` lines are split here instead of by
-      :mod:`email`'s parser (nearly half of pywsgi's time); any other header block goes to it;
-    * the status line, headers and body go out in one ``send`` (one syscall, one segment);
-    * the ``Date`` header is formatted once a second, and the access line only when
-      :attr:`access_log` records DEBUG.
-    """
-
-    #: where each request's access line goes, at DEBUG (None: nowhere)
-    access_log: Optional[logging.Logger] = None
-    _date_second = -1
-    _date = b""
-
-    def handle(self):
-        try:
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
-        super().handle()
-
-    def MessageClass(self, fp, *args):
-        lines: List[bytes] = []   # read exactly as http.client.parse_headers reads them
-        while True:
-            line = fp.readline(_MAX_LINE + 1)
-            if len(line) > _MAX_LINE:
-                return _Headers([], status="Line too long")
-            lines.append(line)
-            if len(lines) > _MAX_HEADERS:
-                raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
-            if line in (b"\r\n", b"\n", b""):
-                break
-        pairs = _plain_headers(lines[:-1])
-        if pairs is None:
-            return headers_factory(io.BytesIO(b"".join(lines)))
-        return _Headers(pairs)
-
-    def _headers(self):
-        # the environ's HTTP_* items straight from the pairs, as pywsgi derives them from lines
-        if type(self.headers) is not _Headers:
-            yield from super()._headers()
-            return
-        for name, value in self.headers._pairs:
-            key = name.replace("-", "_").upper()
-            if "_" not in name and key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                yield "HTTP_" + key, value.strip()
-
-    def finalize_headers(self):
-        if self.provided_date is None:
-            now = int(time.time())
-            if now != self._date_second:
-                self._date_second, self._date = now, format_date_time(now)
-            self.response_headers.append((b"Date", self._date))
-            self.provided_date = self._date
-        super().finalize_headers()
-
-    def _write_with_headers(self, data):
-        self.headers_sent = True
-        self.finalize_headers()
-        out = bytearray(b"HTTP/1.1 %s\r\n" % self.status)
-        for header, value in self.response_headers:
-            out += b"%s: %s\r\n" % (header, value)
-        out += b"\r\n"
-        if self.response_use_chunked or not data:
-            self._sendall(out)
-            self._write(data)
-        else:
-            out += data
-            self._sendall(out)
-
-    def _sendall(self, data):
-        # one send() takes a small answer whole; gevent's sendall first asks the kernel for the
-        # socket's buffer size, a syscall per answer. The rest, or an error, goes pywsgi's way.
-        try:
-            sent = self.socket.send(data)
-        except OSError:
-            sent = 0
-        self.response_length += sent
-        if sent < len(data):
-            super()._sendall(memoryview(data)[sent:])
-
-    def log_request(self):
-        if self.access_log is not None and self.access_log.isEnabledFor(logging.DEBUG):
-            self.access_log.debug(self.format_request())
 
 
 class HttpSurface:
