@@ -250,7 +250,7 @@ class Connection:
 
     def _send_request(self, rid: int, frame: bytes) -> None:
         try:
-            self._send(rid, frame)
+            self._send(rid, frame, len(self._pending) == 1)
         except OSError as exc:
             # the call's own error (NotSent if its frame was still queued) arrives as its answer
             self._fail(exc)

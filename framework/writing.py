@@ -136,9 +136,10 @@ class FrameWriter:
         self.backlog: Any = None         # what the background writer still has to write
         self.name = name
 
-    def send(self, rid: int, frame: bytes) -> None:
+    def send(self, rid: int, frame: bytes, alone: bool = False) -> None:
         """Queue ``frame``; returns without waiting on the peer. Raises OSError when the write it
-        made found the connection broken."""
+        made found the connection broken. ``alone``: no other call is in flight on the connection,
+        so no other frame is likely to come this turn of the loop and this one goes out at once."""
         out = self.out
         out.append((rid, frame))
         if self.cooperative:
@@ -146,7 +147,8 @@ class FrameWriter:
                 return  # the greenlet already flushing takes this frame too
             self.flushing = True
             try:
-                sleep(0)  # let every greenlet that is ready now queue its frame first
+                if not alone:
+                    sleep(0)  # let every greenlet that is ready now queue its frame first
                 if self.backlog is None:   # else the background writer takes it
                     self._flush()
             finally:
