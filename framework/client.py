@@ -104,7 +104,7 @@ class Client:
             tracing_module.Tracing(tracing is not False)
         #: calls by service, method and outcome, in a prometheus_client registry (None: not kept)
         self.metrics = ClientMetrics(metrics, self) if metrics is not None else None
-        self._plain = not (self.interceptors or lane or self.metrics)
+        self._plain = not (self.interceptors or lane)
         self._balancers: Dict[str, Any] = {}
         discovery.subscribe(self._on_change)
 
@@ -188,9 +188,18 @@ class Client:
         now = time.monotonic()
         if (calls.current() is None and metadata is None and self._plain
                 and (not self.tracing.enabled or self.tracing.tracer(now) is None)):
-            # nothing around the attempts: straight to them
-            return self._attempts(service, name, method, params, now + timeout, timeout,
-                                  self._meta, None, None, now)
+            # nothing around the attempts but maybe metrics: straight to them
+            if self.metrics is None:
+                return self._attempts(service, name, method, params, now + timeout, timeout,
+                                      self._meta, None, None, now)
+            try:
+                result = self._attempts(service, name, method, params, now + timeout, timeout,
+                                        self._meta, None, None, now)
+            except BaseException as exc:
+                self.metrics.observe(service, name, outcome_of(exc), time.monotonic() - now)
+                raise
+            self.metrics.observe(service, name, "ok", time.monotonic() - now)
+            return result
         return self._logical(service, name, method, params, timeout, metadata,
                              calls.current_call())
 
