@@ -253,6 +253,7 @@ def test_hostile_requests_never_get_a_500(gw):
 
 def test_healthz_and_metrics(gw):
     gw.post(call("Spec.subtract", [2, 1], 1))
+    gw.post(call("Spec.fail", ["on purpose"], 1))
     gw.post(call("Nope.nothing", [], 1))
     status, headers, body = gw.request("GET", "/healthz")
     assert status == 200 and json.loads(body)["status"] == "serving"
@@ -260,6 +261,11 @@ def test_healthz_and_metrics(gw):
     ok = sample(m, "framework_gateway_calls_total", method="subtract", outcome="ok",
                 service="Spec")
     assert ok is not None and ok >= 1
+    # the gateway's client counts its calls too, failed ones by their outcome
+    assert sample(m, "framework_client_calls_total", method="subtract", outcome="ok",
+                  service="Spec") >= 1
+    assert sample(m, "framework_client_calls_total", method="fail", outcome="error",
+                  service="Spec") >= 1
     # no labels from bad names: they are counted as one unknown service
     assert "(unknown)" in {dict(labels).get("service") for _, labels in m}
     assert not any("Nope" in value for _, labels in m for _, value in labels)
