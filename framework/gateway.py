@@ -70,7 +70,8 @@ class Gateway:
     def __init__(self, etcd: Union[None, str, Sequence[str]] = None, *, prefix: str = DEFAULT_PREFIX,
                  timeout: float = 5.0, max_timeout: float = 60.0, limits: Limits = Limits(),
                  token: Optional[str] = None, client: Optional[Client] = None,
-                 services: Sequence[str] = (), forward_headers: Sequence[str] = ()):
+                 services: Sequence[str] = (), forward_headers: Sequence[str] = (),
+                 request_timeout: float = 30.0, idle_timeout: float = 75.0):
         self.metrics = GatewayMetrics(self)
         #: the client's calls (retries, hedges, ejections) count in the gateway's /metrics too
         self.client = client or Client(etcd=etcd, timeout=timeout, prefix=prefix, token=token,
@@ -95,8 +96,10 @@ class Gateway:
         self._known: set = set(services)
         self._names_at = 0.0
         self._names_lock = threading.Lock()
-        #: an access line per request when this logger records DEBUG
-        self.http_bounds = HttpBounds(max_body=limits.max_body,
+        #: what one HTTP connection may hold or wait for (framework.httpserver), and an access
+        #: line per request when the ``framework.gateway.access`` logger records DEBUG
+        self.http_bounds = HttpBounds(max_body=limits.max_body, request_timeout=request_timeout,
+                                      idle_timeout=idle_timeout,
                                       access_log=logging.getLogger(__name__ + ".access"))
         self._server: Optional[StreamServer] = None
         self._stopped = gevent.event.Event()

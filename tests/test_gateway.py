@@ -331,7 +331,7 @@ def test_sigterm_drains_with_healthz_503_then_exits_0(serve_node, serve_gateway)
 
 
 def test_keep_alive_calls_are_not_delayed_by_nagle(gw):
-    # pywsgi writes headers and body separately; with Nagle on, delayed ACKs cost ~40 ms a call
+    # an answer written in two pieces with Nagle on would wait for a delayed ACK: ~40 ms a call
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
     body = json.dumps(call("Spec.subtract", [3, 1], 1))
     took = []
@@ -346,3 +346,22 @@ def test_keep_alive_calls_are_not_delayed_by_nagle(gw):
         conn.close()
     took.sort()
     assert took[len(took) // 2] < 0.02, f"median {took[len(took) // 2] * 1000:.1f} ms"
+
+
+def test_slow_and_idle_http_connections_are_closed_at_their_flags(serve_node, serve_gateway):
+    serve_node("tests.services", ttl=3)
+    gw = serve_gateway("--request-timeout", "0.5", "--idle-timeout", "0.8")
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in answer
+        assert sock.recv(4096) == b"" and time.monotonic() - started < 1.5
+    body = json.dumps(call("HelloService.Hello", ["x"], 1)).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        assert b"hello:x" in sock.recv(4096)
+        started = time.monotonic()
+        assert sock.recv(4096) == b""   # the gateway closed the idle keep-alive connection
+        assert 0.7 < time.monotonic() - started < 2.0

@@ -287,6 +287,10 @@ def gateway_parser(sub) -> None:
                    help="deepest JSON nesting accepted (default 32)")
     g.add_argument("--max-connections", type=int, default=10000,
                    help="concurrent HTTP connections (default 10000)")
+    g.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a request begun has to arrive whole (default 30; then 408)")
+    g.add_argument("--idle-timeout", type=float, default=75.0,
+                   help="seconds a keep-alive connection may sit idle (default 75)")
     g.add_argument("--grace", type=float, default=0.5,
                    help="on SIGTERM, seconds /healthz says 503 before the port closes (default 0.5)")
     g.add_argument("--token", default=None,
@@ -312,7 +316,8 @@ def cmd_gateway(args) -> int:
     limits = Limits(max_body=args.max_body, max_batch=args.max_batch, max_depth=args.max_depth)
     gateway = Gateway(etcd_config(args), prefix=args.prefix, timeout=args.timeout,
                       max_timeout=args.max_timeout, limits=limits,
-                      token=token_of(args), services=args.service, forward_headers=args.forward_header)
+                      token=token_of(args), services=args.service, forward_headers=args.forward_header,
+                      request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)
     gateway.grace = args.grace
     if args.listen_fd is not None:
         _worker_mode(gateway, args)
