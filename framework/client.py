@@ -88,8 +88,7 @@ class Client:
         self.pool = pool or Pool(tls=tls)
         #: which nodes the balancer may pick: ejection of failing nodes, and stalls the pool saw
         self.health = Health(self.pool.stalled)
-        #: retries and hedges add at most 10% of the answered calls plus 10 a second
-        #: (framework.budget)
+        #: retries and hedges add at most 10% of the answered calls plus 10/s (framework.budget)
         self.budget = retry_budget or RetryBudget()
         self.retries = 0   # attempts re-sent after a failure
         #: slow idempotent calls get a backup on another node (framework.hedging); False: never
@@ -188,18 +187,10 @@ class Client:
         now = time.monotonic()
         if (calls.current() is None and metadata is None and self._plain
                 and (not self.tracing.enabled or self.tracing.tracer(now) is None)):
-            # nothing around the attempts but maybe metrics: straight to them
-            if self.metrics is None:
-                return self._attempts(service, name, method, params, now + timeout, timeout,
-                                      self._meta, None, None, now)
-            try:
-                result = self._attempts(service, name, method, params, now + timeout, timeout,
-                                        self._meta, None, None, now)
-            except BaseException as exc:
-                self.metrics.observe(service, name, outcome_of(exc), time.monotonic() - now)
-                raise
-            self.metrics.observe(service, name, "ok", time.monotonic() - now)
-            return result
+            if self.metrics is not None:   # nothing around the attempts but their count
+                return _counted(self, service, name, method, params, now, timeout)
+            return self._attempts(service, name, method, params, now + timeout, timeout,
+                                  self._meta, None, None, now)
         return self._logical(service, name, method, params, timeout, metadata,
                              calls.current_call())
 
@@ -357,6 +348,19 @@ class Client:
 
     def _new_balancer(self, service: str) -> Any:
         return self._balancers.setdefault(service, self.balancer())
+
+
+def _counted(client: Client, service: str, name: str, method: str, params: Any, now: float,
+             timeout: float) -> Any:
+    """A plain call's attempts, counted in ``client.metrics`` (the gateway's client, say)."""
+    try:
+        result = client._attempts(service, name, method, params, now + timeout, timeout,
+                                  client._meta, None, None, now)
+    except BaseException as exc:
+        client.metrics.observe(service, name, outcome_of(exc), time.monotonic() - now)
+        raise
+    client.metrics.observe(service, name, "ok", time.monotonic() - now)
+    return result
 
 
 def _expired(discovery: Discovery, service: str, method: str, timeout: float,
