@@ -3,8 +3,8 @@
 The gateway and every node's HTTP port serve their WSGI app (:class:`framework.web.HttpSurface`)
 with :func:`serve`, one call per accepted connection. Requests are parsed by ``httptools`` (llhttp,
 the C parser of Node.js), answered in order (pipelined ones too) and kept alive as HTTP/1.1 says.
-gevent's ``pywsgi`` spent more on a request than the gateway spent forwarding it, and most of that
-went to reading the head line by line in Python (docs/performance.md, round 14).
+gevent's ``pywsgi`` cost about 95 µs of CPU per request before any app ran; this costs about 20
+(docs/performance.md, rounds 10 and 14).
 
 Every bound ends in a clear answer, and then the connection closes:
 
@@ -12,30 +12,31 @@ Every bound ends in a clear answer, and then the connection closes:
 * a body over ``max_body`` -> the app is called at once with what came (it answers 413: see
   :func:`framework.jsonrpc_http.read_body`), and the rest is never read;
 * a request that is not HTTP/1.x -> 400;
-* a request begun must arrive whole within ``request_timeout``; a keep-alive connection idle for
-  ``idle_timeout`` is closed, as is one whose peer takes no byte of an answer for ``write_timeout``;
+* a request begun must arrive whole within ``request_timeout`` (408), and a keep-alive connection
+  idle for ``idle_timeout`` is closed; one greenlet per process keeps these two (:class:`_Reaper`);
+* a peer that takes no byte of an answer for ``write_timeout`` is cut off;
 * ``Expect: 100-continue`` gets its ``100 Continue`` once the head is accepted;
 * a connection this side closes first stops sending, then drops what the peer still sends for up
   to ``linger`` seconds: closed with input unread, it would be reset, and the peer could lose the
   answer (a 413, say) before reading it.
 
-The environ has what PEP 3333 asks, as pywsgi fills it: repeated headers joined with ``,``, names
-with ``_`` dropped (they could pass for ``-`` ones), ``PATH_INFO`` percent-decoded as latin-1.
+The WSGI side (the environ, the app's answer, its head) is :mod:`framework.wsgi`'s.
 """
 from __future__ import annotations
 
 import collections
-import io
 import logging
+import os
 import socket
-import sys
 import time
+import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
-from urllib.parse import unquote_to_bytes
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
+import gevent
 import httptools
 
+from . import wsgi
 from .writing import send_within, sender
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ MAX_HEADERS = 100
 
 _REFUSALS = {400: b"400 Bad Request", 408: b"408 Request Timeout",
              431: b"431 Request Header Fields Too Large", 500: b"500 Internal Server Error"}
-_NO_BODY = (204, 304)
 
 
 @dataclass(frozen=True)
@@ -71,17 +71,6 @@ class _Refused(Exception):
         self.status = status
 
 
-_date_cache = [-1, b""]
-
-
-def _date_line() -> bytes:
-    now = int(time.time())
-    if now != _date_cache[0]:
-        from email.utils import formatdate
-        _date_cache[:] = [now, b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()]
-    return _date_cache[1]
-
-
 class _Request:
     __slots__ = ("method", "version", "url", "headers", "body", "size", "keep_alive", "whole",
                  "expects_continue")
@@ -101,19 +90,14 @@ class _Connection:
     loop in :meth:`serve` answers each complete one in turn."""
 
     __slots__ = ("sock", "app", "bounds", "base", "parser", "request", "ready", "in_head",
-                 "head_bytes", "began", "send_nowait", "continue_sent")
+                 "head_bytes", "began", "send_nowait", "continue_sent", "answering", "idle_since",
+                 "__weakref__")
 
     def __init__(self, sock: Any, peer: Any, app: Callable, bounds: HttpBounds):
         self.sock = sock
         self.app = app
         self.bounds = bounds
-        host, port = _name_of(sock)
-        self.base = {"GATEWAY_INTERFACE": "CGI/1.1", "SCRIPT_NAME": "", "SERVER_NAME": host,
-                     "SERVER_PORT": port, "REMOTE_ADDR": str(peer[0]) if peer else "",
-                     "REMOTE_PORT": str(peer[1]) if peer and len(peer) > 1 else "",
-                     "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-                     "wsgi.multithread": False, "wsgi.multiprocess": False,
-                     "wsgi.run_once": False}
+        self.base = wsgi.base_environ(sock, peer)
         self.parser = httptools.HttpRequestParser(self)
         self.request: Optional[_Request] = None     # the one being received
         self.ready: Deque[_Request] = collections.deque()
@@ -122,6 +106,8 @@ class _Connection:
         self.began = 0.0          # when the request being received began
         self.send_nowait = sender(sock)
         self.continue_sent = False
+        self.answering = False    # the app runs, or an answer is being written: no bound applies
+        self.idle_since = time.monotonic()
 
     # ---- parser callbacks ------------------------------------------------------------------------
 
@@ -186,11 +172,17 @@ class _Connection:
     # ---- the connection's loop -------------------------------------------------------------------
 
     def serve(self, first: bytes) -> None:
+        self.sock.settimeout(None)   # the reaper bounds the reads: no timer per recv
+        _REAPER.add(self)
         try:
-            if self._serve(first):
+            ours = self._serve(first)
+            _REAPER.live.discard(self)
+            if ours:
                 self._linger()
         except OSError:   # the peer left, or took no byte of an answer for write_timeout
             pass
+        finally:
+            _REAPER.live.discard(self)
 
     def _serve(self, first: bytes) -> bool:
         """The loop; True when this side ends the connection, False when the peer did or a
@@ -242,62 +234,63 @@ class _Connection:
                 return
 
     def _recv(self) -> bytes:
-        """The next bytes; b"" when the peer left, or a bound ran out (see the module docstring)."""
-        bounds = self.bounds
-        if self.request is None:
-            wait = bounds.idle_timeout
-        else:
-            wait = self.began + bounds.request_timeout - time.monotonic()
-            if wait <= 0:
-                self._refuse(408)
-                return b""
-        self.sock.settimeout(wait)
+        """The next bytes; b"" when the peer left, or the reaper ended the connection."""
         try:
             return self.sock.recv(65536)
-        except socket.timeout:
-            if self.request is not None:
-                self._refuse(408)
-            return b""
         except OSError:
             return b""
+
+    def check(self, now: float) -> None:
+        """The reaper's look (see :class:`_Reaper`): end the connection if its request has been
+        arriving for longer than ``request_timeout`` (408), or it sat idle for ``idle_timeout``."""
+        if self.answering:
+            return
+        bounds = self.bounds
+        if self.request is not None:
+            if now - self.began > bounds.request_timeout:
+                self._end(self._refusal(408))
+        elif now - self.idle_since > bounds.idle_timeout:
+            self._end(b"")
+
+    def _end(self, last: bytes) -> None:
+        try:
+            if last:
+                self.send_nowait(last)   # best effort: the reaper waits on no peer
+            self.sock.shutdown(socket.SHUT_RDWR)   # wakes the recv of the connection's greenlet
+        except OSError:
+            pass
 
     def _answer_ready(self) -> bool:
         """Answer the complete requests in order; False once the connection must close."""
         ready = self.ready
-        while ready:
-            req = ready.popleft()
-            self.continue_sent = False
-            if not self._answer(req) or not req.whole:
-                return False
+        if not ready:
+            return True
+        self.answering = True
+        try:
+            while ready:
+                req = ready.popleft()
+                self.continue_sent = False
+                if not self._answer(req) or not req.whole:
+                    return False
+        finally:
+            self.answering = False
+            self.idle_since = time.monotonic()
         return True
 
     def _answer(self, req: _Request) -> bool:
         """Run the app for ``req`` and write its answer; False when the connection closes after."""
         started = time.monotonic()
-        environ = self._environ(req)
-        answer: List[Any] = []
-
-        def start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None):
-            answer[:] = [status, headers]
-            return _no_write
-
+        environ = wsgi.environ(self.base, req.method, req.version, req.url, req.headers, req.body)
         try:
-            result = self.app(environ, start_response)
-            try:
-                body = b"".join(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-            status, headers = answer
+            status, headers, body = wsgi.run(self.app, environ)
         except Exception:
             log.exception("HTTP %s %s failed", environ["REQUEST_METHOD"], environ["PATH_INFO"])
             self._refuse(500)
             return False
         keep = req.keep_alive and req.whole
-        head, keep = _head(status, headers, len(body), keep, req.version)
+        head, keep = wsgi.head(status, headers, len(body), keep, req.version)
         code = int(status[:3])
-        if req.method != b"HEAD" and code not in _NO_BODY:
+        if req.method != b"HEAD" and code not in wsgi.NO_BODY:
             head += body
         self._write(head)
         access = self.bounds.access_log
@@ -307,32 +300,17 @@ class _Connection:
                          code, len(body), time.monotonic() - started)
         return keep
 
-    def _environ(self, req: _Request) -> dict:
-        environ = self.base.copy()
-        path, _, query = req.url.partition(b"?")
-        environ["REQUEST_METHOD"] = req.method.decode("latin-1")
-        environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
-        environ["QUERY_STRING"] = query.decode("latin-1")
-        environ["SERVER_PROTOCOL"] = "HTTP/" + req.version
-        keys = _KEYS
-        for name, value in req.headers:
-            key = keys.get(name)
-            if key is None:
-                key = _key(name)
-            if key:
-                value = value.decode("latin-1").strip()
-                environ[key] = environ[key] + "," + value if key in environ else value
-        environ["wsgi.input"] = io.BytesIO(b"".join(req.body) if len(req.body) != 1
-                                           else req.body[0])
-        return environ
-
     def _refuse(self, status: int) -> None:
         """Answer ``status`` with no body and close (the caller returns after this)."""
         try:
-            self._write(b"HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n%s\r\n"
-                        % (_REFUSALS[status], _date_line()))
+            self._write(self._refusal(status))
         except OSError:
             pass
+
+    @staticmethod
+    def _refusal(status: int) -> bytes:
+        return (b"HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n%s\r\n"
+                % (_REFUSALS[status], wsgi.date_line()))
 
     def _write(self, data: bytes) -> None:
         sent = self.send_nowait(data)
@@ -341,53 +319,35 @@ class _Connection:
                         self.send_nowait)
 
 
-#: header name -> its environ key ("": left out); names come from peers, so it is bounded
-_KEYS: Dict[bytes, str] = {}
+class _Reaper:
+    """The time bounds of a process's open connections, looked at by one greenlet every
+    ``tick``: a timeout on each read would start and stop a timer per request (about 15 µs of a
+    round trip). A bound is thus kept to within a quarter of itself, and to within a second."""
+
+    def __init__(self):
+        self.live: "weakref.WeakSet[_Connection]" = weakref.WeakSet()
+        self.tick = 1.0
+        self.greenlet: Any = None
+        self.pid = 0
+
+    def add(self, conn: _Connection) -> None:
+        self.live.add(conn)
+        shortest = min(conn.bounds.request_timeout, conn.bounds.idle_timeout)
+        self.tick = min(self.tick, max(0.02, shortest / 4))
+        if self.greenlet is None or self.pid != os.getpid():   # none yet, or a forked child
+            self.pid = os.getpid()
+            self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while len(self.live):
+            gevent.sleep(self.tick)
+            now = time.monotonic()
+            for conn in list(self.live):
+                conn.check(now)
+        self.greenlet = None
 
 
-def _key(name: bytes) -> str:
-    key = name.decode("latin-1").upper().replace("-", "_")
-    if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        key = "" if b"_" in name else "HTTP_" + key
-    if len(_KEYS) >= 1024:
-        _KEYS.clear()
-    _KEYS[name] = key
-    return key
-
-
-def _no_write(data: bytes) -> None:
-    raise NotImplementedError("this server takes the answer from the app's return value only")
-
-
-def _head(status: str, headers: List[Tuple[str, str]], length: int, keep: bool,
-          version: str) -> Tuple[bytearray, bool]:
-    """The status line and header block of an answer, and whether the connection stays open."""
-    out = bytearray(b"HTTP/1.1 %s\r\n" % status.encode("latin-1"))
-    has_length = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "content-length":
-            has_length = True
-        elif lower == "connection" and value.lower() == "close":
-            keep = False
-        out += b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
-    if not has_length and int(status[:3]) not in _NO_BODY:
-        out += b"Content-Length: %d\r\n" % length
-    if not keep:
-        out += b"Connection: close\r\n"
-    elif version == "1.0":
-        out += b"Connection: keep-alive\r\n"
-    out += _date_line()
-    out += b"\r\n"
-    return out, keep
-
-
-def _name_of(sock: Any) -> Tuple[str, str]:
-    try:
-        name = sock.getsockname()
-    except OSError:
-        return "", ""
-    return (str(name[0]), str(name[1])) if isinstance(name, tuple) else (str(name), "")
+_REAPER = _Reaper()
 
 
 def serve(sock: Any, peer: Any, app: Callable, bounds: HttpBounds, first: bytes = b"") -> None:
