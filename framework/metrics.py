@@ -36,7 +36,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -241,11 +241,9 @@ class GatewayMetrics(CallMetrics):
 
     def __init__(self, gateway: Any):
         self._in_flight = 0
+        self._answers: Dict[int, int] = {}   # HTTP status -> answers (see CallMetrics: no lock)
         super().__init__(CollectorRegistry(), "framework_gateway",
                          in_flight=lambda: self._in_flight)
-        self.http = Counter("framework_gateway_http_responses", "HTTP answers, by status code.",
-                            ("status",), registry=self.registry)
-        self._answers: dict = {}   # status -> its child of ``http``
         self.registry.register(_DiscoveryCollector(lambda: gateway.client.discovery))
 
     def count_client(self, client: Any) -> None:
@@ -261,10 +259,15 @@ class GatewayMetrics(CallMetrics):
 
     def answered(self, status: int) -> None:
         """Count one HTTP answer (the gateway's ``HttpSurface`` calls this for every response)."""
-        counter = self._answers.get(status)
-        if counter is None:   # labels() costs about 5 us: one child per status, kept
-            counter = self._answers[status] = self.http.labels(str(status))
-        counter.inc()
+        self._answers[status] = self._answers.get(status, 0) + 1
+
+    def collect(self):
+        yield from super().collect()
+        http = CounterMetricFamily("framework_gateway_http_responses",
+                                   "HTTP answers, by status code.", labels=["status"])
+        for status, n in sorted(self._answers.items()):
+            http.add_metric([str(status)], n)
+        yield http
 
 
 class ClientMetrics(CallMetrics):

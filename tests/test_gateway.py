@@ -270,6 +270,8 @@ def test_healthz_and_metrics(gw):
     assert "(unknown)" in {dict(labels).get("service") for _, labels in m}
     assert not any("Nope" in value for _, labels in m for _, value in labels)
     assert sample(m, "framework_discovery_nodes", service="Spec") == 1.0
+    assert sample(m, "framework_gateway_http_responses_total", status="200") >= 2
+    assert sample(m, "framework_gateway_http_responses_total", status="404") >= 1
     assert any(name == "framework_gateway_call_duration_seconds_bucket" for name, _ in m)
 
 
