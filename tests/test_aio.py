@@ -135,9 +135,18 @@ def test_a_first_list_waits_off_the_loop(etcd, serve_node):
             tick = asyncio.create_task(ticker())
             etcd.signal(signal.SIGSTOP)   # etcd answers nothing: a new service cannot be listed
             try:
+                await until(lambda: stopped(etcd.proc.pid), message="etcd stopped")
                 started = time.monotonic()
-                with pytest.raises(framework.ServiceUnavailable, match="registry could not"):
-                    await client.Back.Seen()
+                try:
+                    with pytest.raises(framework.ServiceUnavailable, match="registry could not"):
+                        await client.Back.Seen()
+                except AssertionError:   # say what the cache believed (seen twice in CI)
+                    watched = client.discovery._watched.get("Back")
+                    raise AssertionError(
+                        f"after {time.monotonic() - started:.3f}s: leader "
+                        f"{getattr(watched, 'leader', None)}, revision "
+                        f"{getattr(watched, 'revision', None)}, etcd stopped "
+                        f"{stopped(etcd.proc.pid)}") from None
                 took = time.monotonic() - started
                 # a service already listed is served from the cache meanwhile
                 assert await client.HelloService.Hello("cached") == "hello:cached"
@@ -149,6 +158,12 @@ def test_a_first_list_waits_off_the_loop(etcd, serve_node):
     took = run(scenario())
     assert 0.6 <= took < 1.0, took
     assert max(gaps) < 0.4, max(gaps)   # the loop kept turning while the list waited (0.6 s)
+
+
+def stopped(pid: int) -> bool:
+    """True when process ``pid`` is stopped (SIGSTOP took effect)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
 class AppProcess:
