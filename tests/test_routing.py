@@ -84,7 +84,11 @@ def test_weights_set_the_shares_of_traffic(serve_node, make_client):
 
 def test_a_new_node_ramps_up_over_the_warmup(serve_node, make_client):
     old = [serve_node("tests.chain_back") for _ in range(2)]
-    client = make_client(timeout=3, warmup=3.0, hedging=False)   # as above
+    # as above; and round robin, which draws by the weights alone: P2C also prefers the node that
+    # answers faster, and in a loaded suite run that was sometimes not the new process (its share
+    # after the warmup fell to 12.7% once, against 30-36% alone), which says nothing of the ramp
+    client = make_client(timeout=3, warmup=3.0, hedging=False,
+                         balancer=framework.balancer.RoundRobin)
     wait_until(lambda: len(client.nodes("Back")) == 2, message="the first nodes listed")
     with Load(lambda: client.Back.Sleep(0), callers=2) as load:
         load.wait_calls(200)
@@ -101,9 +105,8 @@ def test_a_new_node_ramps_up_over_the_warmup(serve_node, make_client):
           + ", ".join(f"{w:.1%}" for w in windows))
     assert load.errors == [] and {r.value for r in load.ok} == {n.pid for n in old} | {new.pid}
     assert windows[0] < 0.2 and windows[0] < windows[1] < windows[2] * 1.2
-    # warm: no longer held back (30-36% alone; P2C gives a faster node more, and in a loaded suite
-    # run the new process may be the slower one: 18.7% once, against 6.7% at first)
-    assert windows[3] > 0.15 and windows[3] > 2 * windows[0]
+    # warm: no longer held back (a third of the calls, drawn at random)
+    assert windows[3] > 0.2 and windows[3] > 2 * windows[0]
 
 
 def test_per_method_timeouts_and_the_call_s_own_timeout_wins(serve_node, make_client):
