@@ -29,9 +29,9 @@ import logging
 import os
 import socket
 import time
-import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, List, Optional, Tuple
+from http import HTTPStatus
+from typing import Any, Callable, Deque, List, Optional, Set, Tuple
 
 import gevent
 import httptools
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 
 #: header lines one request may carry, as http.client allows
 MAX_HEADERS = 100
-
-_REFUSALS = {400: b"400 Bad Request", 408: b"408 Request Timeout",
-             431: b"431 Request Header Fields Too Large", 500: b"500 Internal Server Error"}
 
 
 @dataclass(frozen=True)
@@ -90,8 +87,7 @@ class _Connection:
     loop in :meth:`serve` answers each complete one in turn."""
 
     __slots__ = ("sock", "app", "bounds", "base", "parser", "request", "ready", "in_head",
-                 "head_bytes", "began", "send_nowait", "continue_sent", "answering", "idle_since",
-                 "__weakref__")
+                 "head_bytes", "began", "send_nowait", "continue_sent", "answering", "idle_since")
 
     def __init__(self, sock: Any, peer: Any, app: Callable, bounds: HttpBounds):
         self.sock = sock
@@ -310,7 +306,7 @@ class _Connection:
     @staticmethod
     def _refusal(status: int) -> bytes:
         return (b"HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n%s\r\n"
-                % (_REFUSALS[status], wsgi.date_line()))
+                % (b"%d %s" % (status, HTTPStatus(status).phrase.encode()), wsgi.date_line()))
 
     def _write(self, data: bytes) -> None:
         sent = self.send_nowait(data)
@@ -325,7 +321,7 @@ class _Reaper:
     round trip). A bound is thus kept to within a quarter of itself, and to within a second."""
 
     def __init__(self):
-        self.live: "weakref.WeakSet[_Connection]" = weakref.WeakSet()
+        self.live: Set[_Connection] = set()   # each leaves in its own serve()'s finally
         self.tick = 1.0
         self.greenlet: Any = None
         self.pid = 0
@@ -339,7 +335,7 @@ class _Reaper:
             self.greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
-        while len(self.live):
+        while self.live:
             gevent.sleep(self.tick)
             now = time.monotonic()
             for conn in list(self.live):
