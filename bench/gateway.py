@@ -1,7 +1,8 @@
 """Gateway bench: requests/s of the HTTP JSON-RPC gateway against bare ``pywsgi`` and a node's own HTTP.
 
 ``python -m bench.gateway [--rounds 5] [--seconds 3] [--keep]`` starts etcd, a ``demo_hello`` node,
-a one-process gateway (``--service HelloService``) and :mod:`bench.bare_pywsgi`, then drives each with
+two one-process gateways (``--service HelloService``, one of them with ``--busy-poll 200``) and
+:mod:`bench.bare_pywsgi`, then drives each with
 ``wrk`` (:func:`bench.workers.wrk`, keep-alive, one wrk thread) posting a JSON-RPC ``Hello``, at 1
 and 64 connections, in interleaved rounds (each round rotates the order of the targets, so drift
 hits all alike). It prints one row per target and connection count: the median requests/s, its
@@ -9,9 +10,11 @@ ratio to bare ``pywsgi``'s median at the same connection count, and the median o
 ratios (each round's rate against bare ``pywsgi``'s in that round). :func:`measure` returns the same
 rows.
 
-Three targets, the same request:
+Four targets, the same request:
 
 * ``gateway`` - HTTP -> the gateway -> msgpack -> the node -> back: what a caller of the gateway gets;
+* ``gateway --busy-poll 200`` - the same, the gateway's loop polling 200 µs after each event before
+  it sleeps (:mod:`framework.busypoll`; the node as it is);
 * ``bare pywsgi`` - the same answer computed in the HTTP server itself (the limit of pywsgi + json);
 * ``node HTTP`` - ``POST /`` on the node's own RPC port (no second hop).
 
@@ -19,8 +22,8 @@ On 2 cores, wrk and the server under test would otherwise fight for the same cor
 run on CPU 0 and the server under test alone on CPU 1. For the gateway, the node it forwards to
 stays on CPU 0 with wrk, so the gateway has a core of its own, as one gateway worker would (with
 the node on CPU 1 as well, the 64-connection figure drops: the node's CPU comes out of the
-gateway's core; the 1-connection one changes little). Every thread of a process
-is pinned (``/proc/<pid>/task``); with fewer than 2 CPUs nothing is pinned. ``wrk`` is Debian's
+gateway's core; the 1-connection one changes little). The node does not busy-poll: on CPU 0 its
+spinning would take time from wrk. Every thread of a process is pinned (``/proc/<pid>/task``); with fewer than 2 CPUs nothing is pinned. ``wrk`` is Debian's
 (``apt-get install wrk``); without it the bench says so and measures nothing (:func:`measure` raises).
 """
 from __future__ import annotations
@@ -41,7 +44,8 @@ from framework.testing import NodeProcess, ProcessGroup
 
 CONNECTIONS = (1, 64)
 BARE = "bare pywsgi"
-TARGETS = ("gateway", BARE, "node HTTP")
+BUSY = "gateway --busy-poll 200"
+TARGETS = ("gateway", BUSY, BARE, "node HTTP")
 #: the CPU of wrk, etcd and the gateway's node; the server under test gets the other one
 LOAD_CPU, SERVER_CPU = 0, 1
 WRK_MISSING = "the gateway bench needs wrk (apt-get install wrk); nothing was measured"
@@ -68,16 +72,19 @@ class Servers:
             self.node = self.group.add(NodeProcess("demo_hello.service", self.etcd.endpoint, ttl=10,
                                                    cwd=ROOT).start())
             self.gateway = self.group.start_gateway(self.etcd.endpoint, "--service", "HelloService")
+            self.busy = self.group.start_gateway(self.etcd.endpoint, "--service", "HelloService",
+                                                 "--busy-poll", "200")
             self.bare = self.group.add(Served([PY, "-m", "bench.bare_pywsgi"]))
         except BaseException:
             self.group.close()
             raise
-        self.address = {"gateway": self.gateway.address, BARE: f"127.0.0.1:{self.bare.port}",
-                        "node HTTP": self.node.address}
-        self.pids = {"gateway": self.gateway.proc.pid, BARE: self.bare.proc.pid,
-                     "node HTTP": self.node.pid}
-        self.gateway.post({"jsonrpc": "2.0", "id": 0, "method": "HelloService.Hello",
-                           "params": ["warm"]})   # the gateway has found the node
+        self.address = {"gateway": self.gateway.address, BUSY: self.busy.address,
+                        BARE: f"127.0.0.1:{self.bare.port}", "node HTTP": self.node.address}
+        self.pids = {"gateway": self.gateway.proc.pid, BUSY: self.busy.proc.pid,
+                     BARE: self.bare.proc.pid, "node HTTP": self.node.pid}
+        for gateway in (self.gateway, self.busy):   # each gateway has found the node
+            gateway.post({"jsonrpc": "2.0", "id": 0, "method": "HelloService.Hello",
+                          "params": ["warm"]})
 
     def place(self, target: str) -> None:
         """``target`` alone on the server CPU; every other process on the load CPU."""
