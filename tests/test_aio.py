@@ -278,10 +278,11 @@ def test_deadlines_hold_when_a_node_stops_reading(etcd, serve_node):
                             (framework.Timeout, framework.ServiceUnavailable)))
                 await until(lambda: conn.in_flight == 2 and not conn.queued, timeout=1.0)
                 # more megabytes than the socket buffers hold, and the node reads none of them:
-                # the calls still end by their deadlines
+                # the calls still end by their deadlines (2 s: long enough for the late call
+                # below to join them on a loaded machine, where 1 s was not always)
                 big = "x" * 1_000_000
                 pending = asyncio.gather(*[bounded(lambda: client.call(
-                    "HelloService.Echo", [big], timeout=1.0), 1.0) for _ in range(24)])
+                    "HelloService.Echo", [big], timeout=2.0), 2.0) for _ in range(24)])
                 await until(lambda: conn.in_flight == 26 and not conn.queued, timeout=1.0,
                             message="the calls to be written")
                 # a call queued behind them (the socket is full) and cancelled was never sent
