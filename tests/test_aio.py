@@ -272,14 +272,16 @@ def test_deadlines_hold_when_a_node_stops_reading(etcd, serve_node):
             conn = client.pool._conns[node.address]
             node.freeze()
             try:
+                # every call here has 2 s: all of them must still be in flight when the late
+                # call below joins them, also on a loaded machine (with 0.6 s and 1 s, two
+                # fresh-clone runs saw some expire first)
                 small = asyncio.gather(
-                    bounded(lambda: client.call("HelloService.Echo", ["x"], timeout=0.6), 0.6),
-                    bounded(lambda: client.call("HelloService.Hello", ["x"], timeout=0.6), 0.6,
+                    bounded(lambda: client.call("HelloService.Echo", ["x"], timeout=2.0), 2.0),
+                    bounded(lambda: client.call("HelloService.Hello", ["x"], timeout=2.0), 2.0,
                             (framework.Timeout, framework.ServiceUnavailable)))
                 await until(lambda: conn.in_flight == 2 and not conn.queued, timeout=1.0)
                 # more megabytes than the socket buffers hold, and the node reads none of them:
-                # the calls still end by their deadlines (2 s: long enough for the late call
-                # below to join them on a loaded machine, where 1 s was not always)
+                # the calls still end by their deadlines
                 big = "x" * 1_000_000
                 pending = asyncio.gather(*[bounded(lambda: client.call(
                     "HelloService.Echo", [big], timeout=2.0), 2.0) for _ in range(24)])
