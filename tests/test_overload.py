@@ -23,7 +23,12 @@ def test_twice_the_capacity_keeps_goodput_and_recovers_at_once(etcd, serve_node,
     knee = capacity["calls_per_s"]
     # goodput after the first ADAPT (2) s of overload, as the nodes' limits have adapted
     assert over["goodput_per_s"] >= 0.8 * knee, "goodput holds at 80% of capacity or more"
-    assert over["received"] <= 1.1 * over["issued"], "retries and hedges add at most a tenth"
+    # retries and hedges stay within the retry budget: a tenth of the answered calls, plus 10/s,
+    # plus what it had saved when the overload began (at most 50 + a tenth of the ~6 s of calls
+    # before it: under 0.6 s of capacity). A retry storm would double what the nodes receive;
+    # a loaded run measured 1.113x the calls issued with 1,013 hedges (1.06x-1.07x usually)
+    allowed = 1.1 * over["issued"] + 10 * OVERLOAD_SECONDS + 50 + 0.6 * knee
+    assert over["received"] <= allowed, "retries and hedges stay within the retry budget"
     assert over["shed"] > 0.2 * over["issued"], "the nodes refused what they could not do in time"
     late = sum(n for kind, n in over["errors"].items()
                if kind not in ("ServiceUnavailable", "Overloaded"))
