@@ -97,12 +97,23 @@ def _imports_etcd(tree: ast.AST) -> bool:
     return False
 
 
+def _parse(path) -> ast.AST:
+    text = path.read_text()
+    try:
+        return ast.parse(text, str(path))
+    except SystemError:
+        # CPython 3.11's check of its AST constructor's recursion depth can misfire
+        # (python/cpython#106905: "AST constructor recursion depth mismatch"); it did once in a
+        # fresh-clone run. The source is the same: parse it again
+        return ast.parse(text, str(path))
+
+
 def _used_members(names: set) -> dict:
     """Attribute name -> ["module:line", ...] for every ``<receiver>.<attribute>`` in the framework
     whose receiver is called one of ``names``."""
     used: dict = {}
     for path in sorted(FRAMEWORK.rglob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
+        tree = _parse(path)
         rel = path.relative_to(FRAMEWORK)
         top = rel.parts[0].removesuffix(".py")   # a module, or the package it belongs to
         if top in NOT_CONSUMERS:
