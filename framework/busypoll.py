@@ -20,7 +20,7 @@ and cost are in docs/performance.md (round 15). ``serve --busy-poll US`` and
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Optional
 
 #: the largest budget accepted: longer spins buy nothing that sleeping would not
 MAX_BUDGET_US = 10_000
@@ -35,7 +35,7 @@ def check_budget(budget_us: float) -> float:
 
 
 class BusyPoll:
-    """Spin the loop of ``hub`` (default: this thread's) for ``budget_us`` µs after each event.
+    """Spin this thread's gevent loop for ``budget_us`` µs after each event.
 
     A check watcher runs after every poll of the loop and counts the loop's turns; when it finds
     the loop was sleeping, it starts an idle watcher, which keeps the loop polling. libev calls an
@@ -45,10 +45,10 @@ class BusyPoll:
     alive on its own.
     """
 
-    def __init__(self, budget_us: float, hub: Any = None):
+    def __init__(self, budget_us: float):
         import gevent
         self.budget = check_budget(budget_us) / 1e6
-        loop = (hub or gevent.get_hub()).loop
+        loop = gevent.get_hub().loop
         self._idle = loop.idle()
         self._check = loop.check()
         self._idle.ref = self._check.ref = False
@@ -57,10 +57,6 @@ class BusyPoll:
         #: the loop's turns since :meth:`start`, and how often it began to spin after sleeping
         #: (for tests and curious operators)
         self.turns = self.spins = 0
-
-    @property
-    def spinning(self) -> bool:
-        return self._idle.active
 
     def start(self) -> "BusyPoll":
         if self.budget > 0 and not self._check.active:
