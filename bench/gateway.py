@@ -23,7 +23,8 @@ run on CPU 0 and the server under test alone on CPU 1. For the gateway, the node
 stays on CPU 0 with wrk, so the gateway has a core of its own, as one gateway worker would (with
 the node on CPU 1 as well, the 64-connection figure drops: the node's CPU comes out of the
 gateway's core; the 1-connection one changes little). The node does not busy-poll: on CPU 0 its
-spinning would take time from wrk. Every thread of a process is pinned (``/proc/<pid>/task``); with fewer than 2 CPUs nothing is pinned. ``wrk`` is Debian's
+spinning would take time from wrk. Every thread of a process is pinned (``/proc/<pid>/task``);
+with fewer than 2 CPUs nothing is pinned. ``wrk`` is Debian's
 (``apt-get install wrk``); without it the bench says so and measures nothing (:func:`measure` raises).
 """
 from __future__ import annotations
@@ -135,9 +136,9 @@ def rows_of(raw: Dict[tuple, List[float]], targets=TARGETS) -> List[dict]:
 
 
 def measure(rounds: int = 5, duration: float = 3.0) -> List[dict]:
-    """Rows ``{"target", "connections", "req_s", "ratio_to_bare", "rounds"}`` for the three targets
-    at 1 and 64 connections (medians over ``rounds``, each round's req/s in ``rounds``). Raises
-    RuntimeError saying so when wrk is not installed."""
+    """Rows ``{"target", "connections", "req_s", "ratio_to_bare", "paired_ratio", "rounds"}`` for
+    the four targets at 1 and 64 connections (medians over ``rounds``, each round's req/s in
+    ``rounds``). Raises RuntimeError saying so when wrk is not installed."""
     if not shutil.which("wrk"):
         raise RuntimeError(WRK_MISSING)
     servers = Servers()

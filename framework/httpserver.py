@@ -59,6 +59,13 @@ class HttpBounds:
     #: where an access line per request goes, at DEBUG (None: nowhere)
     access_log: Optional[logging.Logger] = None
 
+    def __post_init__(self):
+        for name in ("max_body", "max_head", "request_timeout", "idle_timeout", "write_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0, got {getattr(self, name)}")
+        if not self.linger >= 0:
+            raise ValueError(f"linger must be 0 or more, got {self.linger}")
+
 
 class _Refused(Exception):
     """Raised from a parser callback: answer with this status and close."""

@@ -7,6 +7,8 @@ import http.client
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -367,3 +369,11 @@ def test_slow_and_idle_http_connections_are_closed_at_their_flags(serve_node, se
         started = time.monotonic()
         assert sock.recv(4096) == b""   # the gateway closed the idle keep-alive connection
         assert 0.7 < time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("flag", ["--request-timeout", "--idle-timeout"])
+def test_a_bound_of_zero_is_a_usage_error(flag):
+    out = subprocess.run([sys.executable, "-m", "framework", "gateway", flag, "0"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert f"error: {flag[2:].replace('-', '_')} must be more than 0, got 0.0" in out.stderr

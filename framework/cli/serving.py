@@ -336,10 +336,14 @@ def cmd_gateway(args) -> int:
     busypoll.install(args.busy_poll)   # the loop's watchers keep it alive
 
     limits = Limits(max_body=args.max_body, max_batch=args.max_batch, max_depth=args.max_depth)
-    gateway = Gateway(etcd_config(args), prefix=args.prefix, timeout=args.timeout,
-                      max_timeout=args.max_timeout, limits=limits,
-                      token=token_of(args), services=args.service, forward_headers=args.forward_header,
-                      request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)
+    try:
+        gateway = Gateway(etcd_config(args), prefix=args.prefix, timeout=args.timeout,
+                          max_timeout=args.max_timeout, limits=limits, token=token_of(args),
+                          services=args.service, forward_headers=args.forward_header,
+                          request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)
+    except ValueError as exc:   # a bound of its HTTP connections (framework.httpserver)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     gateway.grace = args.grace
     if args.listen_fd is not None:
         _worker_mode(gateway, args)
