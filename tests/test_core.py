@@ -274,7 +274,9 @@ def test_dev_etcd_command_runs_a_usable_etcd(tmp_path, processes):
                              str(tmp_path / "d"), "--port", str(port), "--peer-port", str(peer)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     processes.add(type("Kill", (), {"close": lambda self: proc.kill()})())
-    wait_until(lambda: Etcd(f"127.0.0.1:{port}").get_prefix("/") if _up(port) else None, timeout=20)
+    wait_until(lambda: proc.poll() is not None or (_up(port) and Etcd(f"127.0.0.1:{port}")
+                                                     .get_prefix("/")), timeout=20)
+    assert proc.poll() is None, proc.communicate(timeout=5)[0].decode(errors="replace")[-3000:]
     Etcd(f"127.0.0.1:{port}").put("/x", "y")
     assert Etcd(f"127.0.0.1:{port}").get_prefix("/x")[1][0].value == b"y"
     proc.send_signal(signal.SIGTERM)
