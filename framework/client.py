@@ -302,7 +302,7 @@ class Client:
                 ok = verdict is ANSWERED   # for balancing, an answer is a success
                 if verdict is not RETRY:
                     raise
-                last_error = exc
+                last_error = _telling(last_error, exc, deadline)
             else:
                 self.health.record(node.address, True, False, now)
                 return result
@@ -361,6 +361,13 @@ def _counted(client: Client, service: str, name: str, method: str, params: Any, 
         raise
     client.metrics.observe(service, name, "ok", time.monotonic() - now)
     return result
+
+
+def _telling(last_error: Optional[RpcError], error: RpcError, deadline: float) -> RpcError:
+    """What a failed call reports as its last error once ``error`` ends an attempt: ``error``,
+    unless the deadline cut that attempt short (a connect it ended, say) after an earlier one had
+    failed in its own right: a certificate that failed to verify says more than "timed out"."""
+    return error if last_error is None or time.monotonic() < deadline else last_error
 
 
 def _expired(discovery: Discovery, service: str, method: str, timeout: float,

@@ -260,3 +260,14 @@ def test_a_burst_of_failures_is_one_ejection_and_an_answer_resets_the_backoff():
     for _ in range(3):
         health.record("a:1", False, False, 101.8)
     assert health.usable("a:1", 102.3)
+
+
+def test_an_attempt_the_deadline_cut_short_does_not_hide_the_error_before_it():
+    from framework.client import _telling
+    from framework.errors import NotSent
+    cert = NotSent("cannot connect to n:1: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    cut = NotSent("cannot connect to n:1: timed out")
+    now = time.monotonic()
+    assert _telling(cert, cut, deadline=now - 0.001) is cert   # the deadline ended that attempt
+    assert _telling(cert, cut, deadline=now + 5) is cut        # it failed in its own time
+    assert _telling(None, cut, deadline=now - 0.001) is cut    # nothing better to say

@@ -188,7 +188,7 @@ class Client(sync.Client):
                 ok = verdict is ANSWERED   # for balancing, an answer is a success
                 if verdict is not RETRY:
                     raise
-                last_error = exc
+                last_error = sync._telling(last_error, exc, deadline)
             except asyncio.CancelledError as exc:   # the caller gave up: nothing of the node's
                 balancer.end(load, time.monotonic() - now, True)
                 load = None
